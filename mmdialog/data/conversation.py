@@ -1,0 +1,119 @@
+"""The unit of data everywhere: a Conversation of Turns, each a list of typed parts.
+
+Datasets yield it, the chat session holds it, the processor renders it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from PIL import Image as PILImage
+
+from mmdialog.errors import MMDialogError
+
+Role = Literal["system", "user", "assistant"]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Text:
+    text: str
+    type: str = field(default="text", init=False)
+
+
+@dataclass
+class Image:
+    """An image given by a file path or by pixels (H, W, 3) uint8."""
+
+    path: str | None = None
+    pixels: np.ndarray | None = field(default=None, repr=False)
+    type: str = field(default="image", init=False)
+
+    def load(self) -> np.ndarray:
+        """Return the image as an (H, W, 3) uint8 array; a clear error if it cannot be read."""
+        if self.pixels is not None:
+            return self.pixels
+        if self.path is None:
+            raise MMDialogError("an Image part has neither a path nor pixels")
+        try:
+            with PILImage.open(self.path) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except FileNotFoundError:
+            raise MMDialogError(f"image file not found: {self.path}") from None
+        except Exception as e:  # PIL raises many types for broken files
+            raise MMDialogError(f"cannot read image {self.path}: {e}") from None
+        self.pixels = arr
+        return arr
+
+    def content_hash(self) -> str:
+        return hashlib.sha1(np.ascontiguousarray(self.load()).tobytes()).hexdigest()
+
+
+Part = Union[Text, Image]
+
+
+@dataclass
+class Turn:
+    role: Role
+    parts: list[Part]
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise MMDialogError(f"turn role must be one of {ROLES}, got {self.role!r}")
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, Text))
+
+    def media(self, kind: str = "image") -> list[Part]:
+        return [p for p in self.parts if p.type == kind]
+
+
+@dataclass
+class Conversation:
+    turns: list[Turn] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, role: Role, *parts: Part | str) -> "Conversation":
+        self.turns.append(Turn(role, [Text(p) if isinstance(p, str) else p for p in parts]))
+        return self
+
+    def media(self, kind: str = "image") -> list[Part]:
+        return [p for t in self.turns for p in t.media(kind)]
+
+    def prefix(self, n_turns: int) -> "Conversation":
+        return Conversation(list(self.turns[:n_turns]), dict(self.meta))
+
+    # JSON form used by `/save`, `/load` and the world files' conversations.
+    def to_dict(self) -> dict:
+        def part(p):
+            if isinstance(p, Text):
+                return {"type": "text", "text": p.text}
+            return {"type": p.type, "path": str(p.path) if p.path else None}
+
+        return {"turns": [{"role": t.role, "parts": [part(p) for p in t.parts]} for t in self.turns], "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict, root: str | Path | None = None, where: str = "conversation") -> "Conversation":
+        try:
+            turns = []
+            for i, t in enumerate(d["turns"]):
+                parts: list[Part] = []
+                for j, p in enumerate(t["parts"]):
+                    if p["type"] == "text":
+                        parts.append(Text(p["text"]))
+                    elif p["type"] == "image":
+                        path = p["path"]
+                        if root is not None and not Path(path).is_absolute():
+                            path = str(Path(root) / path)
+                        parts.append(Image(path=path))
+                    else:
+                        raise MMDialogError(f"{where}: turn {i} part {j} has unknown type {p['type']!r}")
+                turns.append(Turn(t["role"], parts))
+        except KeyError as e:
+            raise MMDialogError(f"{where}: missing field {e}") from None
+        return cls(turns, dict(d.get("meta", {})))
