@@ -80,7 +80,7 @@ class TrainConfig:
     max_steps: int = 1000
     max_minutes: float = 0.0  # 0: no wall-clock budget; else stop (and finish the cosine early) at this time
     grad_clip: float = 1.0
-    precision: str = "bf16"  # bf16 | fp32 (bf16 autocast on CPU when supported)
+    precision: str = "auto"  # auto | bf16 | fp32; auto: bf16 autocast where the CPU has native bf16, else fp32
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end

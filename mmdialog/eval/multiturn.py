@@ -11,6 +11,7 @@ from tqdm import tqdm
 from mmdialog.chat.session import ChatSession
 from mmdialog.data.conversation import Image
 from mmdialog.data.processor import Processor
+from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM
 
 DISTANCE_BUCKETS = ("0", "1", "2", "3+")
@@ -31,9 +32,10 @@ def answer_with_gold_history(session: ChatSession, record: dict, world_dir: Path
     for rd in record["rounds"]:
         parts = [Image(path=str(world_dir / record["image"])), rd["question"]] if rd["round"] == 0 else [rd["question"]]
         session.add("user", *parts)
-        pred = session.generate(commit=False)
+        scored = rd.get("scored", True)
+        pred = session.generate(commit=False) if scored else None  # captions and statements are not scored
         session.add("assistant", rd["answer"])
-        if rd.get("scored", True):
+        if scored:
             out.append({
                 "id": record["id"], "round": rd["round"], "question": rd["question"], "gold": rd["answer"],
                 "pred": pred, "family": rd["family"], "ref": rd["ref"], "distance": rd["distance"],
@@ -75,7 +77,13 @@ def evaluate(model: MultimodalLM, processor: Processor, records: list[dict], wor
     model.eval()
     session = ChatSession(model, processor, max_new_tokens=max_new_tokens)
     preds: list[dict] = []
+    failed: list[dict] = []  # a dialogue that cannot be run (unreadable image, too long) is counted, not fatal
     with torch.no_grad():
         for rec in tqdm(records, desc="eval", disable=not progress, leave=False):
-            preds.extend(answer_with_gold_history(session, rec, world_dir))
-    return summarise(preds), preds
+            try:
+                preds.extend(answer_with_gold_history(session, rec, world_dir))
+            except MMDialogError as e:
+                failed.append({"id": rec["id"], "error": str(e)})
+    summary = summarise(preds)
+    summary["failed_dialogues"] = failed
+    return summary, preds

@@ -46,12 +46,30 @@ def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Elsewhere bf16 matmuls are
+    emulated and slower than fp32 (measured 2.5x slower on an AVX512 Xeon without them: benchmarks/train_step.py)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return precision
+
+
 def autocast_context(precision: str):
+    precision = resolve_precision(precision)
     if precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     if precision == "fp32":
         return nullcontext()
-    raise ValueError(f"train.precision must be bf16 or fp32, got {precision!r}")
+    raise ValueError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -83,7 +101,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
     if len(dataset) < tc.batch_size:
         raise ValueError(f"the training set has {len(dataset)} conversations, fewer than train.batch_size={tc.batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"model: {count_parameters(model):,} parameters; data: {dataset.report()}")
+    log(f"model: {count_parameters(model):,} parameters; data: {dataset.report()}; "
+        f"precision: {resolve_precision(tc.precision)} (train.precision={tc.precision})")
     g = torch.Generator().manual_seed(tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
                         collate_fn=Collator(tokenizer.pad_id), generator=g)

@@ -1,0 +1,1 @@
+"""Procedural worlds: seeded generators whose every answer is known (see shapes/)."""

@@ -1,0 +1,22 @@
+"""The built-in shapes world: seeded scenes of 2D shapes, rendered images, and
+multi-round dialogues whose every answer (and dependency distance) is known.
+
+    from mmdialog.data.worlds.shapes import generate_world, load_split, record_to_conversation
+    generate_world("world", dialogues=1000, seed=0)
+    conv = record_to_conversation(load_split("world", "test")[0], "world")
+
+The file format is described in FORMAT.md next to this file.
+"""
+
+from mmdialog.data.worlds.shapes.check import check_record
+from mmdialog.data.worlds.shapes.dialogue import generate_dialogue
+from mmdialog.data.worlds.shapes.io import (
+    SPLITS, generate_world, load_split, make_dialogue, record_to_conversation, summarize, validate_record,
+)
+from mmdialog.data.worlds.shapes.render import render
+from mmdialog.data.worlds.shapes.scene import Scene, sample_scene
+
+__all__ = [
+    "SPLITS", "Scene", "check_record", "generate_dialogue", "generate_world", "load_split", "make_dialogue",
+    "record_to_conversation", "render", "sample_scene", "summarize", "validate_record",
+]

@@ -1,0 +1,249 @@
+"""The shapes world on disk: generate it, load a split with validation, turn a record into a Conversation.
+
+Layout (see FORMAT.md): world.json, {train,val,test}.jsonl, images/<split>/<id>.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from mmdialog.data.conversation import Conversation, Image, Text
+from mmdialog.data.worlds.shapes.dialogue import (
+    CAPTION_QUESTION, FAMILIES, MAX_NAMES, NAMES, REFS, TEMPLATE_WEIGHTS, generate_dialogue,
+)
+from mmdialog.data.worlds.shapes.render import encode_png, render
+from mmdialog.data.worlds.shapes.scene import (
+    COLOURS, GRID, MAX_OBJECTS, MIN_OBJECTS, POSITIONS, SHAPES, SIZES, Draws, check_image_size, sample_scene,
+)
+from mmdialog.errors import MMDialogError
+
+FORMAT = "mmdialog-shapes"
+VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+def make_dialogue(seed: int, split: str, index: int, *, image_size: int = 64,
+                  rounds: int = 8) -> tuple[dict, PILImage.Image]:
+    """One record and its image, in memory. Depends only on (seed, split, index, image_size, rounds).
+
+    Each dialogue draws from its own generator, seeded with [seed, split number, index]:
+    the files do not depend on generation order, and a smaller world's splits are
+    prefixes of a larger one's with the same seed.
+    """
+    draws = Draws(np.random.default_rng([seed, SPLITS.index(split), index]))
+    scene = sample_scene(draws, image_size)
+    rid = f"{split}-{index:05d}"
+    record = {"id": rid, "image": f"images/{split}/{rid}.png", "scene": scene.to_dict(),
+              "rounds": generate_dialogue(scene, draws, rounds)}
+    return record, render(scene)
+
+
+def split_counts(dialogues: int, splits=(0.8, 0.1, 0.1)) -> dict[str, int]:
+    """Dialogues per split: val and test are rounded, train takes the rest."""
+    if len(splits) != 3 or any(not (0 <= s <= 1) for s in splits) or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
+        raise MMDialogError(f"splits must be three fractions (train, val, test) summing to 1, got {tuple(splits)}")
+    val, test = round(dialogues * splits[1]), round(dialogues * splits[2])
+    return {"train": dialogues - val - test, "val": val, "test": test}
+
+
+def summarize(records) -> dict:
+    """Counts and shares of the scored questions by distance (0, 1, 2, 3+), family and ref."""
+    tally = _Tally()
+    for rec in records:
+        tally.add(rec["rounds"])
+    return tally.summary()
+
+
+class _Tally:
+    def __init__(self):
+        self.dist, self.fam, self.ref = Counter(), Counter(), Counter()
+
+    def add(self, rounds: list[dict]) -> None:
+        for rd in rounds:
+            if rd["scored"]:
+                self.dist[str(rd["distance"]) if rd["distance"] < 3 else "3+"] += 1
+                self.fam[rd["family"]] += 1
+                self.ref[rd["ref"]] += 1
+
+    def summary(self) -> dict:
+        total = sum(self.dist.values())
+
+        def shares(c: Counter, keys) -> dict:
+            return {k: round(c[k] / max(total, 1), 4) for k in keys}
+
+        return {"questions": total,
+                "by_distance": shares(self.dist, ("0", "1", "2", "3+")),
+                "by_family": shares(self.fam, [f for f in FAMILIES if f not in ("caption", "statement")]),
+                "by_ref": shares(self.ref, REFS)}
+
+
+def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, rounds: int = 8,
+                   splits=(0.8, 0.1, 0.1), progress: bool = True) -> dict:
+    """Write a world of `dialogues` dialogues to out_dir; the same arguments give the same bytes.
+
+    Returns {"counts": {split: n}, "questions", "by_distance", "by_family", "by_ref", "seconds"}.
+    """
+    from tqdm import tqdm
+
+    if not isinstance(dialogues, int) or dialogues < 1:
+        raise MMDialogError(f"dialogues must be a positive integer, got {dialogues!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise MMDialogError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise MMDialogError(f"rounds must be a positive integer, got {rounds!r}")
+    check_image_size(image_size)
+    counts = split_counts(dialogues, splits)
+    out = Path(out_dir)
+    start = time.perf_counter()
+    tally = _Tally()
+    with tqdm(total=dialogues, disable=not progress, desc="shapes world", unit="dialogue") as bar:
+        for split in SPLITS:
+            img_dir = out / "images" / split
+            img_dir.mkdir(parents=True, exist_ok=True)
+            ours = re.compile(rf"{split}-(\d+)\.png")
+            for p in img_dir.iterdir():  # images of an earlier, larger world in the same place
+                m = ours.fullmatch(p.name)
+                if m and int(m[1]) >= counts[split]:
+                    p.unlink()
+            with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+                for i in range(counts[split]):
+                    record, image = make_dialogue(seed, split, i, image_size=image_size, rounds=rounds)
+                    (out / record["image"]).write_bytes(encode_png(image))
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                    tally.add(record["rounds"])
+                    bar.update(1)
+    stats = tally.summary()
+    world = {
+        "format": FORMAT, "version": VERSION, "seed": seed, "counts": counts,
+        "settings": {"image_size": image_size, "rounds": rounds, "splits": list(splits), "grid": GRID,
+                     "objects": [MIN_OBJECTS, MAX_OBJECTS], "max_names": MAX_NAMES,
+                     "template_weights": TEMPLATE_WEIGHTS},
+        "vocabulary": {"shapes": list(SHAPES), "colours": {k: list(v) for k, v in COLOURS.items()},
+                       "sizes": list(SIZES), "positions": list(POSITIONS), "names": list(NAMES),
+                       "families": list(FAMILIES), "refs": list(REFS)},
+        "stats": stats,
+    }
+    (out / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return {"counts": counts, **stats, "seconds": round(time.perf_counter() - start, 3)}
+
+
+# ----------------------------------------------------------------------------- loading
+
+_OBJECT_FIELDS = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "row": range(GRID), "col": range(GRID),
+                  "x": int, "y": int, "position": POSITIONS}
+_ROUND_FIELDS = {"round": int, "question": str, "answer": str, "family": FAMILIES, "ref": REFS,
+                 "depends_on": (int, type(None)), "distance": int, "scored": bool, "program": dict}
+
+
+class _Bad(Exception):
+    pass
+
+
+def _check(value, want, what: str) -> None:
+    """want: a type or tuple of types (isinstance; a bool is no int) or a collection of allowed values."""
+    if isinstance(want, type) or (isinstance(want, tuple) and all(isinstance(w, type) for w in want)):
+        types = want if isinstance(want, tuple) else (want,)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise _Bad(f"{what} should be {names}, got {value!r}")
+    elif isinstance(value, bool) or value not in want:
+        raise _Bad(f"{what} is {value!r}, not one of {list(want)}")
+
+
+def validate_record(record) -> None:
+    """Raise MMDialogError (without a location) if a record does not follow the format; see FORMAT.md."""
+    try:
+        _validate(record)
+    except _Bad as e:
+        raise MMDialogError(str(e)) from None
+
+
+def _validate(rec) -> None:
+    if not isinstance(rec, dict):
+        raise _Bad(f"a record must be a JSON object, got {type(rec).__name__}")
+    for key, want in (("id", str), ("image", str), ("scene", dict), ("rounds", list)):
+        if key not in rec:
+            raise _Bad(f"record lacks field {key!r}")
+        _check(rec[key], want, f"field {key!r}")
+    scene = rec["scene"]
+    for key, want in (("size", int), ("objects", list)):
+        if key not in scene:
+            raise _Bad(f"scene lacks field {key!r}")
+        _check(scene[key], want, f"scene field {key!r}")
+    for j, obj in enumerate(scene["objects"]):
+        if not isinstance(obj, dict):
+            raise _Bad(f"scene object {j} is not an object")
+        for key, want in _OBJECT_FIELDS.items():
+            if key not in obj:
+                raise _Bad(f"scene object {j} lacks field {key!r}")
+            _check(obj[key], want, f"scene object {j} field {key!r}")
+    if not rec["rounds"]:
+        raise _Bad("field 'rounds' is empty")
+    for r, rd in enumerate(rec["rounds"]):
+        if not isinstance(rd, dict):
+            raise _Bad(f"round {r} is not an object")
+        for key, want in _ROUND_FIELDS.items():
+            if key not in rd:
+                raise _Bad(f"round {r} lacks field {key!r}")
+            _check(rd[key], want, f"round {r} field {key!r}")
+        if rd["round"] != r:
+            raise _Bad(f"round {r} field 'round' is {rd['round']}")
+        dep = rd["depends_on"]
+        if dep is not None and not 0 <= dep < r:
+            raise _Bad(f"round {r} field 'depends_on' is {dep}, not an earlier round")
+        if rd["distance"] != (0 if dep is None else r - dep):
+            raise _Bad(f"round {r} field 'distance' is {rd['distance']}, but depends_on is {dep}")
+        if (r == 0) != (rd["family"] == "caption"):
+            raise _Bad(f"round {r} field 'family' is {rd['family']!r}: round 0, and only it, is the caption")
+        if rd["scored"] == (rd["family"] in ("caption", "statement")):
+            raise _Bad(f"round {r} field 'scored' is {rd['scored']} for a {rd['family']} round")
+    if rec["rounds"][0]["question"] != CAPTION_QUESTION:
+        raise _Bad(f"round 0 field 'question' should be {CAPTION_QUESTION!r}")
+
+
+def load_split(world_dir, split: str) -> list[dict]:
+    """The records of one split, each validated; a bad line raises MMDialogError naming file, line and field."""
+    if split not in SPLITS:
+        raise MMDialogError(f"unknown split {split!r}; the shapes world has {list(SPLITS)}")
+    path = Path(world_dir) / f"{split}.jsonl"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MMDialogError(f"split file not found: {path} (write a world with `generate_world`)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MMDialogError(f"cannot read {path}: {e}") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MMDialogError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        try:
+            _validate(rec)
+        except _Bad as e:
+            raise MMDialogError(f"{path} line {n}: {e}") from None
+        records.append(rec)
+    return records
+
+
+def record_to_conversation(record: dict, world_dir) -> Conversation:
+    """User: [image, "Describe the picture."], assistant: caption, then one question / answer pair per round."""
+    image = Image(path=str((Path(world_dir) / record["image"]).resolve()))
+    rounds = record["rounds"]
+    conv = Conversation(meta={"id": record["id"], "rounds": rounds})
+    conv.add("user", image, Text(rounds[0]["question"]))
+    conv.add("assistant", rounds[0]["answer"])
+    for rd in rounds[1:]:
+        conv.add("user", rd["question"])
+        conv.add("assistant", rd["answer"])
+    return conv

@@ -1,0 +1,92 @@
+"""A Llama-style causal decoder: RMSNorm, RoPE, SwiGLU, grouped-query SDPA attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from mmdialog.errors import MMDialogError
+from mmdialog.modules import Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, TransformerBlock, causal_mask
+from mmdialog.registry import DECODERS
+
+
+@DECODERS.register("causal")
+class CausalDecoder(nn.Module):
+    """Token embedding -> depth pre-norm blocks -> final RMSNorm; `logits` applies the lm head separately.
+
+    kv_heads=0 means one kv head per query head; mlp_hidden=0 means 8/3 * dim rounded up to a multiple of 32.
+    """
+
+    def __init__(self, *, vocab_size: int, dim: int, depth: int, heads: int, kv_heads: int, mlp_hidden: int,
+                 max_seq_len: int, rope_theta: float, norm_eps: float, dropout: float, tie_embeddings: bool):
+        super().__init__()
+        mlp_hidden = mlp_hidden or 32 * math.ceil(8 * dim / 3 / 32)
+        self.max_seq_len = max_seq_len
+        self.tok_embeddings = nn.Embedding(vocab_size, dim)
+        rope = RotaryEmbedding(head_dim=dim // heads, theta=rope_theta)  # stateless: one instance serves every layer
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                attn=Attention(dim=dim, heads=heads, kv_heads=kv_heads or heads, causal=True, rope=rope, dropout=dropout),
+                mlp=SwiGLU(dim=dim, hidden_dim=mlp_hidden),
+                attn_norm=RMSNorm(dim, eps=norm_eps),
+                mlp_norm=RMSNorm(dim, eps=norm_eps),
+                dropout=dropout,
+            )
+            for _ in range(depth)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        if tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        # Each block adds two branches to the residual stream; scaling their output projections
+        # keeps the stream's variance from growing with depth (GPT-2).
+        for block in self.blocks:
+            for proj in (block.attn.out_proj, block.mlp.out_proj):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * depth))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
+        return self.tok_embeddings(input_ids)
+
+    def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """inputs_embeds: (B, T, D); attention_mask: (B, T_past + T), 1 = real, 0 = pad. Returns hidden (B, T, D).
+
+        Positions continue from the cache's length; the cache is appended to in place.
+        """
+        B, T, _ = inputs_embeds.shape
+        past = cache.seq_len if cache is not None else 0
+        if past + T > self.max_seq_len:
+            raise MMDialogError(f"{past} cached + {T} new positions exceed the decoder's max_seq_len {self.max_seq_len}")
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise MMDialogError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected ({B}, {past + T}) "
+                f"for {past} cached and {T} new positions"
+            )
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing is padded: keep the fast paths below open
+        elif attention_mask is not None and past == 0 and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+            # Right padding only (the training collator's): under the causal triangle no real token can see
+            # a pad, which all come after it, so the mask changes nothing that is used; drop it for speed.
+            attention_mask = None
+        positions = torch.arange(past, past + T, device=inputs_embeds.device)  # (T,)
+
+        # No mask means SDPA's built-in causal triangle (no cache) or no masking at all (one new token
+        # sees every cached one). Padding, or several new tokens after a cache, need the mask spelt out.
+        mask = None
+        if attention_mask is not None or (past > 0 and T > 1):
+            mask = causal_mask(past=past, q_len=T, padding_mask=attention_mask, device=inputs_embeds.device)
+
+        x = self.dropout(inputs_embeds)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, positions=positions, mask=mask, cache=cache, layer=layer)  # (B, T, D)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
+        return self.lm_head(hidden)

@@ -1,0 +1,83 @@
+"""Multi-head self-attention: fused qkv, optional grouped-query kv heads, optional RoPE and KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmdialog.errors import MMDialogError
+from mmdialog.modules.kv_cache import KVCache
+from mmdialog.modules.rope import RotaryEmbedding
+
+
+class Attention(nn.Module):
+    """Self-attention over F.scaled_dot_product_attention.
+
+    causal=True and no mask takes SDPA's is_causal fast path, which is right only while the queries
+    and keys cover the same positions (no cache, or a cache fed one token at a time). Every other
+    case, including padding, needs an explicit boolean mask (B or 1, 1, T, S), True = attend, such as
+    causal_mask() below builds.
+    """
+
+    def __init__(self, *, dim: int, heads: int, kv_heads: int | None = None, causal: bool,
+                 rope: RotaryEmbedding | None = None, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        kv_heads = kv_heads or heads
+        if dim % heads:
+            raise MMDialogError(f"attention width {dim} is not divisible by {heads} heads")
+        if heads % kv_heads:
+            raise MMDialogError(f"{heads} query heads cannot be shared evenly by {kv_heads} kv heads")
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.causal = causal
+        self.rope = rope
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, *, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x: (B, T, C); positions: (T,) or (B, T), needed with RoPE; cache: appended to at index `layer`."""
+        B, T, C = x.shape
+        hs = self.head_dim
+        q, k, v = self.qkv(x).split([self.heads * hs, self.kv_heads * hs, self.kv_heads * hs], dim=-1)
+        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.kv_heads, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.kv_heads, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs), S = cached + T
+        S = k.shape[2]
+        is_causal = self.causal and mask is None and T > 1
+        if is_causal and S != T:
+            raise ValueError(f"causal attention of {T} queries over {S} keys needs an explicit mask")
+        dtype = q.dtype
+        if q.device.type == "cpu" and dtype == torch.bfloat16:
+            # On CPU the bf16 flash kernel's backward is ~5x slower than the fp32 one (benchmarks/train_step.py).
+            q, k, v = q.float(), k.float(), v.float()
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads != self.heads,
+        ).to(dtype)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.out_proj(y)
+
+
+def causal_mask(*, past: int, q_len: int, padding_mask: torch.Tensor | None = None,
+                device: torch.device | None = None) -> torch.Tensor:
+    """Boolean attention mask, True = attend, for q_len queries that follow `past` cached positions.
+
+    Query i (absolute position past + i) sees keys at positions <= its own that padding_mask
+    (B, past + q_len), 1 = real, 0 = pad, does not hide. Returns (1, 1, T, S) without padding_mask,
+    else (B, 1, T, S), with S = past + q_len.
+    """
+    q_pos = torch.arange(past, past + q_len, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(past + q_len, device=device)[None, :]  # (1, S)
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    if padding_mask is not None:
+        mask = mask & padding_mask.bool()[:, None, None, :]  # (B, 1, T, S)
+        # A pad query before any real token (left padding, an empty row) would see no key at all,
+        # and some SDPA kernels softmax an empty row to NaN; letting it see itself changes no real token.
+        mask = mask | (k_pos == q_pos)
+    return mask

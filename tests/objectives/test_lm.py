@@ -1,0 +1,27 @@
+import torch
+import torch.nn.functional as F
+
+from mmdialog.objectives import lm_loss, shift_labels
+
+
+def test_shift_labels_moves_targets_left():
+    labels = torch.tensor([[-100, 5, 6, 7], [1, 2, -100, -100]])
+    assert shift_labels(labels).tolist() == [[5, 6, 7, -100], [2, -100, -100, -100]]
+
+
+def test_loss_is_the_mean_over_supervised_targets_in_fp32():
+    logits = torch.randn(5, 11)
+    targets = torch.tensor([3, -100, 4, -100, 10])
+    keep = targets != -100
+    expected = F.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(lm_loss(logits, targets), expected)
+    bf16 = lm_loss(logits.bfloat16(), targets)
+    assert bf16.dtype == torch.float32
+
+
+def test_no_supervised_target_gives_zero_not_nan():
+    logits = torch.randn(3, 11, requires_grad=True)
+    loss = lm_loss(logits, torch.full((3,), -100))
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph
+    assert logits.grad.eq(0).all()
