@@ -73,6 +73,7 @@ class TokenizerConfig:
 class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
+    encoder_lr_scale: float = 0.1  # media encoders train at lr * this (see train.trainer.make_optimizer)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)

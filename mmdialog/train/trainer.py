@@ -73,11 +73,16 @@ def autocast_context(precision: str):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    # No weight decay on norms, biases and embeddings-as-vectors: only matrices are decayed.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
+    """AdamW with weight decay on matrices only (not norms, biases), and the media encoders at
+    lr * encoder_lr_scale: trained from scratch at the decoder's rate, the image encoder collapses to
+    the same output for every image within a few hundred steps, and the decoder then ignores images."""
+    groups = []
+    for is_encoder in (False, True):
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoders.") == is_encoder]
+        scale = cfg.encoder_lr_scale if is_encoder else 1.0
+        groups.append({"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale})
+        groups.append({"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
 
 
 def prepare(cfg: Config, world_dir: Path, progress: bool = True):
@@ -112,7 +117,9 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
     log_file = open(out_dir / "train_log.jsonl", "w")
     t0 = time.perf_counter()
     tokens, step, losses, ema = 0, 0, [], None
-    bar = tqdm(total=tc.max_steps, desc="train", disable=not progress, dynamic_ncols=True)
+    # With a wall-clock budget the step count is not known ahead: the bar counts steps and shows the time left.
+    bar = tqdm(total=None if budget > 0 else tc.max_steps, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
     done = False
     while not done:
         for batch in loader:
@@ -125,7 +132,7 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
                 break
             lr = tc.lr * lr_factor(step, prog, tc)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             with autocast_context(tc.precision):
                 out = model(**batch)
             opt.zero_grad(set_to_none=True)
@@ -146,7 +153,11 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
                 log_file.flush()
                 losses.append((step, loss))
             bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+            now = time.perf_counter() - t0
+            postfix = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tokens / now:.0f}"}
+            if budget > 0:
+                postfix["left"] = f"{max(budget - now, 0):.0f}s"
+            bar.set_postfix(postfix)
             if tc.save_every and step % tc.save_every == 0:
                 save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, {**(meta or {}), "step": step})
     bar.close()

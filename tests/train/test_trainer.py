@@ -1,0 +1,43 @@
+import pytest
+
+from mmdialog.config import TrainConfig
+from mmdialog.train.trainer import lr_factor
+
+
+def test_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, 0.0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 0.05, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, 0.0, cfg) == pytest.approx(1.0)
+    assert lr_factor(500, 0.5, cfg) == pytest.approx(0.55)
+    assert lr_factor(999, 1.0, cfg) == pytest.approx(0.1)
+    assert lr_factor(999, 3.0, cfg) == pytest.approx(0.1)  # past the budget it stays at the floor
+
+
+def test_optimizer_groups_scale_encoder_lr_and_skip_decay_on_vectors(tiny):
+    from mmdialog.train.trainer import make_optimizer
+
+    model, _ = tiny
+    cfg = TrainConfig(lr=1e-3, encoder_lr_scale=0.1, weight_decay=0.05)
+    opt = make_optimizer(model, cfg)
+    enc = {id(p) for p in model.encoders.parameters()}
+    seen = 0
+    for g in opt.param_groups:
+        for p in g["params"]:
+            seen += 1
+            assert g["lr_scale"] == (0.1 if id(p) in enc else 1.0)
+            assert g["weight_decay"] == (0.05 if p.dim() >= 2 else 0.0)
+    assert seen == len(list(model.parameters()))
+
+
+def test_precision_auto_resolves(monkeypatch):
+    from mmdialog.train import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert trainer.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    assert trainer.resolve_precision("auto") == "bf16"
+    assert trainer.resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="train.precision"):
+        with trainer.autocast_context("fp16"):
+            pass
