@@ -158,6 +158,16 @@ def _check(value, want, what: str) -> None:
         raise _Bad(f"{what} is {value!r}, not one of {list(want)}")
 
 
+def _check_fields(obj, fields: dict, where: str) -> None:
+    """Every field present with its type, or a _Bad naming `where` and the field."""
+    if not isinstance(obj, dict):
+        raise _Bad(f"{where} is not an object")
+    for key, want in fields.items():
+        if key not in obj:
+            raise _Bad(f"{where} lacks field {key!r}")
+        _check(obj[key], want, f"{where} field {key!r}")
+
+
 def validate_record(record) -> None:
     """Raise MMDialogError (without a location) if a record does not follow the format; see FORMAT.md."""
     try:
@@ -169,31 +179,15 @@ def validate_record(record) -> None:
 def _validate(rec) -> None:
     if not isinstance(rec, dict):
         raise _Bad(f"a record must be a JSON object, got {type(rec).__name__}")
-    for key, want in (("id", str), ("image", str), ("scene", dict), ("rounds", list)):
-        if key not in rec:
-            raise _Bad(f"record lacks field {key!r}")
-        _check(rec[key], want, f"field {key!r}")
+    _check_fields(rec, {"id": str, "image": str, "scene": dict, "rounds": list}, "record")
     scene = rec["scene"]
-    for key, want in (("size", int), ("objects", list)):
-        if key not in scene:
-            raise _Bad(f"scene lacks field {key!r}")
-        _check(scene[key], want, f"scene field {key!r}")
+    _check_fields(scene, {"size": int, "objects": list}, "scene")
     for j, obj in enumerate(scene["objects"]):
-        if not isinstance(obj, dict):
-            raise _Bad(f"scene object {j} is not an object")
-        for key, want in _OBJECT_FIELDS.items():
-            if key not in obj:
-                raise _Bad(f"scene object {j} lacks field {key!r}")
-            _check(obj[key], want, f"scene object {j} field {key!r}")
+        _check_fields(obj, _OBJECT_FIELDS, f"scene object {j}")
     if not rec["rounds"]:
         raise _Bad("field 'rounds' is empty")
     for r, rd in enumerate(rec["rounds"]):
-        if not isinstance(rd, dict):
-            raise _Bad(f"round {r} is not an object")
-        for key, want in _ROUND_FIELDS.items():
-            if key not in rd:
-                raise _Bad(f"round {r} lacks field {key!r}")
-            _check(rd[key], want, f"round {r} field {key!r}")
+        _check_fields(rd, _ROUND_FIELDS, f"round {r}")
         if rd["round"] != r:
             raise _Bad(f"round {r} field 'round' is {rd['round']}")
         dep = rd["depends_on"]
