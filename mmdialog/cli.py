@@ -42,7 +42,7 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from mmdialog.data.worlds.shapes import load_split
-    from mmdialog.eval.multiturn import evaluate
+    from mmdialog.eval.multiturn import evaluate, write_predictions
     from mmdialog.train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint)
@@ -56,9 +56,7 @@ def cmd_eval(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    with open(out / "predictions.jsonl", "w") as f:
-        for p in preds:
-            f.write(json.dumps(p) + "\n")
+    write_predictions(preds, out / "predictions.jsonl")
     acc = summary["accuracy"]
     print(f"accuracy {acc['overall']:.3f} over {summary['counts']['overall']} questions; by distance: "
           + ", ".join(f"{k}: {v:.3f}" if v is not None else f"{k}: -" for k, v in acc["by_distance"].items()))

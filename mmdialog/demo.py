@@ -10,7 +10,7 @@ from mmdialog.chat.session import ChatSession
 from mmdialog.config import Config
 from mmdialog.data.conversation import Image
 from mmdialog.data.worlds.shapes import generate_world, load_split
-from mmdialog.eval.multiturn import evaluate, normalise
+from mmdialog.eval.multiturn import evaluate, normalise, write_predictions
 from mmdialog.eval.plots import plot_run
 from mmdialog.model import count_parameters
 from mmdialog.train.trainer import prepare, train
@@ -66,9 +66,7 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
         "world": str(world),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with open(out / "predictions.jsonl", "w") as f:
-        for p in preds:
-            f.write(json.dumps(p) + "\n")
+    write_predictions(preds, out / "predictions.jsonl")
     session = ChatSession(model, processor, max_new_tokens=cfg.eval.max_new_tokens)
     write_transcript(session, records[0], world, out / "transcript.md")
     plot_run(result.losses, metrics, out / "plots.png")

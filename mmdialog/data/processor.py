@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from mmdialog.data.conversation import Conversation, Image
+from mmdialog.data.conversation import Conversation
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.errors import MMDialogError
 

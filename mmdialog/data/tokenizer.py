@@ -7,7 +7,6 @@ are a prefix of the token ids of turns 1..N+1 (the cross-turn KV cache relies on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -101,6 +100,3 @@ class ChatTokenizer:
         """The chat template applied to a conversation: a string with one placeholder per media item."""
         turns = [{"role": t.role, "parts": [vars(p) | {"type": p.type} for p in t.parts]} for t in conv.turns]
         return self._template.render(turns=turns, add_generation_prompt=add_generation_prompt)
-
-    def to_json(self) -> str:
-        return json.dumps({"vocab_size": self.vocab_size, "special": SPECIAL_TOKENS})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -87,3 +88,9 @@ def evaluate(model: MultimodalLM, processor: Processor, records: list[dict], wor
     summary = summarise(preds)
     summary["failed_dialogues"] = failed
     return summary, preds
+
+
+def write_predictions(preds: list[dict], path: str | Path) -> None:
+    with open(path, "w") as f:
+        for p in preds:
+            f.write(json.dumps(p) + "\n")
