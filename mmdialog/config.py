@@ -84,7 +84,6 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32; auto: bf16 autocast where the CPU has native bf16, else fp32
     seed: int = 0
     log_every: int = 10
-    eval_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
     num_threads: int = 0  # 0: torch's default
 

@@ -106,8 +106,9 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
     if len(dataset) < tc.batch_size:
         raise ValueError(f"the training set has {len(dataset)} conversations, fewer than train.batch_size={tc.batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(tc.precision)  # once: it reads /proc/cpuinfo
     log(f"model: {count_parameters(model):,} parameters; data: {dataset.report()}; "
-        f"precision: {resolve_precision(tc.precision)} (train.precision={tc.precision})")
+        f"precision: {precision} (train.precision={tc.precision})")
     g = torch.Generator().manual_seed(tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
                         collate_fn=Collator(tokenizer.pad_id), generator=g)
@@ -133,7 +134,7 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
             lr = tc.lr * lr_factor(step, prog, tc)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            with autocast_context(tc.precision):
+            with autocast_context(precision):
                 out = model(**batch)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
