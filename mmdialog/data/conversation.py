@@ -53,7 +53,54 @@ class Image:
         return hashlib.sha1(np.ascontiguousarray(self.load()).tobytes()).hexdigest()
 
 
-Part = Union[Text, Image]
+def _media_bytes(kind: str, path: str | None, data: bytes | None) -> bytes:
+    if data is not None:
+        return data
+    if path is None:
+        raise MMDialogError(f"this {kind} part has neither a path nor data")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise MMDialogError(f"{kind} file not found: {path}") from None
+    except OSError as e:
+        raise MMDialogError(f"cannot read {kind} {path}: {e}") from None
+
+
+@dataclass
+class Audio:
+    """An audio clip: a file path, or the bytes of an encoded file (OpenAI's base64 `input_audio`).
+
+    No model encodes audio yet: the dataset formats carry it, and training skips what it cannot encode.
+    """
+
+    path: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+    format: str | None = None  # "wav", "mp3", ...; None: the path's suffix
+    type: str = field(default="audio", init=False)
+
+    def read_bytes(self) -> bytes:
+        return _media_bytes("audio", self.path, self.data)
+
+    def content_hash(self) -> str:
+        return hashlib.sha1(self.read_bytes()).hexdigest()
+
+
+@dataclass
+class Video:
+    """A video clip given by a file path (no model encodes video yet; see Audio)."""
+
+    path: str | None = None
+    type: str = field(default="video", init=False)
+
+    def read_bytes(self) -> bytes:
+        return _media_bytes("video", self.path, None)
+
+    def content_hash(self) -> str:
+        return hashlib.sha1(self.read_bytes()).hexdigest()
+
+
+Part = Union[Text, Image, Audio, Video]
 
 
 @dataclass
@@ -106,11 +153,11 @@ class Conversation:
                 for j, p in enumerate(t["parts"]):
                     if p["type"] == "text":
                         parts.append(Text(p["text"]))
-                    elif p["type"] == "image":
+                    elif p["type"] in ("image", "audio", "video"):
                         path = p["path"]
                         if root is not None and not Path(path).is_absolute():
                             path = str(Path(root) / path)
-                        parts.append(Image(path=path))
+                        parts.append({"image": Image, "audio": Audio, "video": Video}[p["type"]](path=path))
                     else:
                         raise MMDialogError(f"{where}: turn {i} part {j} has unknown type {p['type']!r}")
                 turns.append(Turn(t["role"], parts))
