@@ -1,39 +1,272 @@
-"""A chat session that keeps the decoder's KV cache across turns.
+"""A chat session that keeps the decoder's KV cache and the media encodings across turns.
 
-Each call feeds only the tokens the cache has not seen yet: the template renders turns 1..N
-as a prefix of turns 1..N+1, so the new turn's tokens are exactly the tail of the rendering.
-Media are encoded once, keyed by content hash. A generated reply is rolled back out of the
-cache and re-fed as rendered text with the next turn, so the cache always holds the same
-tokens that re-encoding the whole conversation from scratch would produce.
+The template renders turns 1..N as a prefix of turns 1..N+1, so a new turn's tokens are the tail
+of the rendering and only they are prefilled. More generally, before each reply the session
+renders its context (the conversation after the context policy), finds the longest prefix the
+cache already holds (same token ids and the same images, by content hash), crops the cache to
+it and feeds the rest. That one rule covers every case:
+
+- a new turn: the cache holds everything before it (and the previous reply's tokens, when they
+  re-tokenise to what was generated), so only the new turn is fed;
+- a policy dropped old rounds or media: the cache is cut where the renderings first differ and
+  the remainder re-fed, so the reply is exactly what a fresh session says to the truncated
+  conversation;
+- undo, retry, fork, a loaded conversation: the same.
+
+Media are encoded once, keyed by content hash, and stay in the turn where they came. Every
+public method that changes the session either completes or leaves it exactly as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Iterator
+
 import torch
 
+from mmdialog.chat.policies import Full, Policy
+from mmdialog.chat.sampling import Sampler, SamplingParams, TextStream
 from mmdialog.data.conversation import Conversation, Image, Part, Text
 from mmdialog.data.processor import Processor, image_to_tensor
+from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache
 
 
+@dataclass
+class Reply:
+    """What one generate call produced, for usage counts and finish reasons."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # generated ids, <|end|> excluded
+    finish_reason: str = ""  # "stop" (end token or stop string) or "length" (max_new_tokens or max_seq_len)
+    prompt_tokens: int = 0  # expanded tokens of the context, generation prompt included
+    cached_tokens: int = 0  # of those, the ones reused from the cache (not prefilled)
+    images_encoded: int = 0  # images this reply had to encode (not found in the media cache)
+    completion_tokens: int = 0  # tokens sampled, <|end|> included when it ended the reply
+
+
+
+
+class ReplyStream:
+    """An iterator of text pieces; `reply` is complete once it is exhausted.
+
+    close() before the end abandons the turn: the session goes back to how it was before it.
+    """
+
+    def __init__(self, gen: Iterator[str], reply: Reply, abandon):
+        self._gen, self.reply, self._abandon = gen, reply, abandon
+        self.started = self.finished = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        self.started = True
+        try:
+            return next(self._gen)
+        except StopIteration:
+            self.finished = True
+            raise
+
+    def close(self) -> None:
+        if not self.started:  # a generator never started runs no finally block when closed
+            self.started = self.finished = True
+            self._abandon()
+        self._gen.close()
+
+    def text(self) -> str:
+        """Consume the stream; the whole reply text."""
+        for _ in self:
+            pass
+        return self.reply.text
+
+
 class ChatSession:
-    def __init__(self, model: MultimodalLM, processor: Processor, *, max_new_tokens: int = 32):
+    """Conversation + KV cache + media cache of one dialogue.
+
+    model, processor: what the checkpoint loader returns. policy: see chat/policies.py.
+    sampling: the default SamplingParams (greedy); max_new_tokens overrides its field for brevity.
+    media_cache: share one dict between sessions of the same model to share encodings.
+    lock: held around every model call (the server shares one between concurrent sessions).
+    """
+
+    def __init__(self, model: MultimodalLM, processor: Processor, *, max_new_tokens: int | None = None,
+                 policy: Policy | None = None, sampling: SamplingParams | None = None,
+                 media_cache: dict[str, torch.Tensor] | None = None, lock=None):
         self.model = model
         self.processor = processor
-        self.max_new_tokens = max_new_tokens
-        self.media_cache: dict[str, torch.Tensor] = {}  # content hash -> (1, T_img, d_img) encoder output
+        self.policy = policy or Full()
+        self.sampling = (sampling or SamplingParams()).replace(max_new_tokens=max_new_tokens)
+        self.media_cache: dict[str, torch.Tensor] = {} if media_cache is None else media_cache  # hash -> (1, T_img, d_img)
+        self.lock = lock or contextlib.nullcontext()
+        tok = processor.tokenizer
+        self.banned = [tok.pad_id, tok.tok.token_to_id("<|bos|>"), *tok.role_ids.values(), *tok.media_ids.values()]
         self.reset()
 
+    # -- state -------------------------------------------------------------------------------------
     def reset(self) -> None:
+        """An empty conversation and cache (encoded media stay cached: they depend only on the image)."""
         self.conv = Conversation()
         self.cache = KVCache()
-        self.cached_ids: list[int] = []  # expanded ids whose keys/values are in the cache
-        self.cached_images = 0  # images among them
-        self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "images_encoded": 0}
+        self.cached_ids: list[int] = []  # expanded ids whose keys/values are in the cache, in order
+        self.cached_media: list[str] = []  # content hashes of the images among them, in order
+        self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "images_encoded": 0, "reused_tokens": 0}
+        self.last: Reply | None = None
 
+    @property
+    def cached_images(self) -> int:
+        return len(self.cached_media)
+
+    def _snapshot(self) -> dict:
+        # KVCache never writes into a tensor in place (update concatenates, crop slices), so copying
+        # its lists is a complete snapshot, and a fork can share the tensors.
+        return {"turns": list(self.conv.turns), "meta": dict(self.conv.meta), "keys": list(self.cache.keys),
+                "values": list(self.cache.values), "cached_ids": list(self.cached_ids),
+                "cached_media": list(self.cached_media), "stats": dict(self.stats), "last": self.last}
+
+    def _restore(self, s: dict) -> None:
+        self.conv.turns, self.conv.meta = s["turns"], s["meta"]
+        self.cache.keys, self.cache.values = s["keys"], s["values"]
+        self.cached_ids, self.cached_media, self.stats, self.last = s["cached_ids"], s["cached_media"], s["stats"], s["last"]
+
+    def fork(self) -> "ChatSession":
+        """An independent copy: same conversation, policy and sampling; shares the model, media cache and lock.
+        Cheap: the cache tensors are shared until either side appends (which copies)."""
+        other = copy.copy(self)
+        s = self._snapshot()
+        other.conv = Conversation(s["turns"], s["meta"])
+        other.cache = KVCache()
+        other.cache.keys, other.cache.values = s["keys"], s["values"]
+        other.cached_ids, other.cached_media, other.stats = s["cached_ids"], s["cached_media"], s["stats"]
+        other.policy = copy.deepcopy(self.policy)
+        other.sampling = copy.deepcopy(self.sampling)
+        return other
+
+    def load(self, conv: Conversation) -> None:
+        """Replace the conversation (e.g. /load); the cache keeps whatever prefix still matches."""
+        for im in conv.media("image"):
+            im.load()  # fail now, naming the file, rather than at the next reply
+        self.conv = Conversation(list(conv.turns), dict(conv.meta))
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+
+    # -- conversation edits ------------------------------------------------------------------------
     def add(self, role: str, *parts: Part | str) -> None:
+        for p in parts:
+            if isinstance(p, Image):
+                p.load()
         self.conv.add(role, *parts)
+
+    def undo(self) -> int:
+        """Roll back the last round: the last user turn and everything after it. Returns turns removed."""
+        idx = [i for i, t in enumerate(self.conv.turns) if t.role == "user"]
+        if not idx:
+            raise MMDialogError("nothing to undo: the conversation has no user turn")
+        removed = len(self.conv.turns) - idx[-1]
+        self.conv.turns = self.conv.turns[: idx[-1]]
+        return removed
+
+    def _pop_reply(self) -> list:
+        if not self.conv.turns or self.conv.turns[-1].role != "assistant":
+            raise MMDialogError("nothing to regenerate: the last turn is not an assistant reply")
+        turns = list(self.conv.turns)
+        self.conv.turns = turns[:-1]
+        return turns
+
+    # -- generation --------------------------------------------------------------------------------
+    def ask(self, *parts: Part | str, sampling: SamplingParams | None = None) -> str:
+        """Add a user turn and return the reply (appended as an assistant turn)."""
+        return self.stream(*parts, sampling=sampling).text()
+
+    def stream(self, *parts: Part | str, sampling: SamplingParams | None = None) -> ReplyStream:
+        """Add a user turn and stream the reply's text pieces. Errors (bad image, context too long) raise
+        here, before any text, and leave the session as it was; so does closing the stream early."""
+        before = self._snapshot()
+        try:
+            self.add("user", *parts)
+        except BaseException:
+            self._restore(before)
+            raise
+        return self._start(before, sampling, commit=True)
+
+    def regenerate(self, sampling: SamplingParams | None = None) -> ReplyStream:
+        """Replace the last assistant reply with a new one (the same one under greedy decoding)."""
+        before = self._snapshot()
+        self._pop_reply()
+        return self._start(before, sampling, commit=True)
+
+    def generate(self, commit: bool = True, sampling: SamplingParams | None = None) -> str:
+        """Reply to the conversation as it stands. With commit, the reply is appended as an assistant turn."""
+        return self._start(self._snapshot(), sampling, commit=commit).text()
+
+    def generate_stream(self, commit: bool = True, sampling: SamplingParams | None = None) -> ReplyStream:
+        return self._start(self._snapshot(), sampling, commit=commit)
+
+    def context(self) -> Conversation:
+        """The conversation the model sees: the whole one after the context policy."""
+        return self.policy.apply(self.conv, self.count_tokens)
+
+    def count_tokens(self, conv: Conversation) -> int:
+        """Expanded prompt tokens of a conversation, the generation prompt included."""
+        ids = self.processor.token_ids(conv, add_generation_prompt=True)
+        return len(ids) + len(conv.media("image")) * (self.processor.image_tokens - 1)
+
+    def _start(self, before: dict, sampling: SamplingParams | None, commit: bool) -> ReplyStream:
+        params = (sampling or self.sampling).validate()
+        try:
+            reply = Reply()
+            logits = self.prefill(reply)
+        except BaseException:
+            self._restore(before)
+            raise
+        return ReplyStream(self._decode(before, params, logits, reply, commit), reply, lambda: self._restore(before))
+
+    def _decode(self, before: dict, params: SamplingParams, logits: torch.Tensor, reply: Reply,
+                commit: bool) -> Iterator[str]:
+        tok = self.processor.tokenizer
+        sampler = Sampler(params, self.banned)
+        stream = TextStream(tok.decode, params.stop)
+        room = self.model.decoder.max_seq_len - len(self.cached_ids)  # positions left after the prompt
+        done = False
+        try:
+            ids = reply.token_ids
+            reply.finish_reason = "length"
+            for step in range(min(params.max_new_tokens, room)):
+                nxt = sampler(logits, ids)
+                reply.completion_tokens += 1
+                if nxt == tok.end_id:
+                    reply.finish_reason = "stop"
+                    break
+                ids.append(nxt)
+                piece = stream.push(ids)
+                if stream.stopped:
+                    reply.finish_reason = "stop"
+                    if piece:
+                        yield piece
+                    break
+                if piece:
+                    yield piece
+                if step + 1 < min(params.max_new_tokens, room):  # the last token is never fed
+                    logits = self._feed([nxt], [])  # (V,)
+                    self.cached_ids.append(nxt)
+                    self.stats["decode_tokens"] += 1
+            tail = stream.flush()
+            if tail:
+                yield tail
+            reply.text = stream.text
+            done = True
+        finally:
+            if not done:  # an error, or the consumer stopped listening: the turn never happened
+                self._restore(before)
+        # The reply's tokens stay in the cache; the next prefill keeps them if the reply's text
+        # re-tokenises to the same ids, else crops where they differ.
+        self.last = reply
+        if commit:
+            self.conv.add("assistant", Text(reply.text))
 
     @torch.no_grad()
     def _encode_images(self, images: list[Image]) -> torch.Tensor:
@@ -42,52 +275,66 @@ class ChatSession:
             key = im.content_hash()
             if key not in self.media_cache:
                 pixels = image_to_tensor(im.load(), self.processor.image_size)[None]  # (1, 3, H, W)
-                self.media_cache[key] = self.model.encode_media(images=pixels)["image"]
+                device = next(self.model.parameters()).device
+                with self.lock:
+                    self.media_cache[key] = self.model.encode_media(images=pixels.to(device))["image"]
                 self.stats["images_encoded"] += 1
             out.append(self.media_cache[key])
         return torch.cat(out)  # (N, T_img, d_img)
 
     @torch.no_grad()
-    def _feed(self, ids: list[int], images: list[Image]) -> torch.Tensor:
-        """Run new tokens through the decoder, appending to the cache; returns the last logits (V,)."""
-        media = {"image": self._encode_images(images)} if images else None
-        x = torch.tensor([ids], dtype=torch.long)
-        out = self.model(input_ids=x, cache=self.cache, media_embeds=media, return_logits=True)
-        return out.logits[0, -1].float()
-
-    @torch.no_grad()
-    def prefill(self) -> torch.Tensor:
-        """Bring the cache up to date with the conversation plus the assistant header; returns next-token logits."""
-        images = self.conv.media("image")
-        ids = self.processor.expand(self.processor.token_ids(self.conv, add_generation_prompt=True), len(images))
-        n = len(self.cached_ids)
-        if ids[:n] != self.cached_ids:  # a template that rewrote history: start over rather than be wrong
-            self.cache, self.cached_ids, self.cached_images, n = KVCache(), [], 0, 0
-        logits = self._feed(ids[n:], images[self.cached_images:])
+    def prefill(self, reply: Reply | None = None) -> torch.Tensor:
+        """Bring the cache up to date with the context plus the assistant header; returns next-token logits (V,)."""
+        ctx = self.context()
+        images = ctx.media("image")
+        ids = self.processor.expand(self.processor.token_ids(ctx, add_generation_prompt=True), len(images))
+        if len(ids) >= self.model.decoder.max_seq_len:
+            raise MMDialogError(f"the conversation needs {len(ids)} tokens, over the model's max_seq_len "
+                                f"{self.model.decoder.max_seq_len}; choose a context policy such as last_k or token_budget")
+        hashes = [im.content_hash() for im in images]
+        n, m = self._reusable_prefix(ids, hashes)
+        n = min(n, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
+        m = min(m, ids[:n].count(self.processor.tokenizer.media_ids["image"]) // self.processor.image_tokens)
+        encoded = self.stats["images_encoded"]
+        self.cache.crop(n)
+        self.cached_ids, self.cached_media = self.cached_ids[:n], self.cached_media[:m]
+        logits = self._feed(ids[n:], images[m:])
         self.stats["prefill_tokens"] += len(ids) - n
-        self.cached_ids, self.cached_images = ids, len(images)
+        self.stats["reused_tokens"] += n
+        self.cached_ids, self.cached_media = list(ids), hashes
+        if reply is not None:
+            reply.prompt_tokens, reply.cached_tokens = len(ids), n
+            reply.images_encoded = self.stats["images_encoded"] - encoded
         return logits
 
-    @torch.no_grad()
-    def generate(self, commit: bool = True) -> str:
-        """Greedy reply to the conversation so far. With commit, the reply is appended as an assistant turn."""
-        logits = self.prefill()
-        prompt_len = len(self.cached_ids)
-        end = self.processor.tokenizer.end_id
-        reply: list[int] = []
-        for _ in range(self.max_new_tokens):
-            nxt = int(logits.argmax())
-            if nxt == end:
-                break
-            reply.append(nxt)
-            logits = self._feed([nxt], [])
-            self.stats["decode_tokens"] += 1
-        self.cache.crop(prompt_len)  # the reply comes back as rendered text with the next turn
-        text = self.processor.tokenizer.decode(reply)
-        if commit:
-            self.conv.add("assistant", Text(text))
-        return text
+    def _reusable_prefix(self, ids: list[int], hashes: list[str]) -> tuple[int, int]:
+        """(n, m): the first n cached positions, holding the first m images, are valid for `ids`."""
+        old = self.cached_ids
+        n = 0
+        limit = min(len(old), len(ids), self.cache.seq_len)
+        while n < limit and old[n] == ids[n]:
+            n += 1
+        ph, T = self.processor.tokenizer.media_ids["image"], self.processor.image_tokens
+        # image i occupies the i-th run of T placeholder tokens; keep only images that are whole and the same
+        m, i = 0, 0
+        while i < n:
+            if ids[i] == ph:
+                if i + T > n or m >= len(self.cached_media) or m >= len(hashes) or self.cached_media[m] != hashes[m]:
+                    return i, m
+                m += 1
+                i += T
+            else:
+                i += 1
+        return n, m
 
-    def ask(self, *parts: Part | str) -> str:
-        self.add("user", *parts)
-        return self.generate()
+    @torch.no_grad()
+    def _feed(self, ids: list[int], images: list[Image]) -> torch.Tensor:
+        """Run new tokens (and the images whose placeholders they hold) through the decoder, appending
+        to the cache; returns the next-token logits (V,) at the last position."""
+        media = {"image": self._encode_images(images)} if images else None
+        device = next(self.model.parameters()).device
+        x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T_new)
+        with self.lock:
+            hidden = self.model.decoder(self.model.embed(x, media or {}), cache=self.cache)  # (1, T_new, D)
+            # next-token logits at the last position only: the lm head is the widest matmul of a small model
+            return self.model.decoder.logits(hidden[0, -1]).float()  # (V,)

@@ -1,0 +1,194 @@
+"""Context policies: which part of a long conversation the model sees when it replies.
+
+A policy maps the session's whole conversation (what the user sees and saves) to the context
+conversation that is rendered and fed to the model. It is a pure function of the conversation,
+so "the reply equals what a fresh session says to the truncated conversation" is testable:
+`policy.apply(conv, count)` *is* that truncated conversation. The session keeps the cache
+positions both renderings share and prefills only the rest (see ChatSession.prefill).
+
+Units: a *round* is a user turn plus the assistant turns that answer it. Policies drop whole
+rounds from the oldest on, never half a round, and never the system prompt or the round being
+answered. Dropping media removes an image part (and so its placeholder) while keeping the text
+of its turn: the template then renders no placeholder without its media.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mmdialog.data.conversation import Conversation, Image, Text, Turn
+from mmdialog.errors import MMDialogError
+from mmdialog.registry import Registry
+
+POLICIES = Registry("context policy")
+
+TokenCount = Callable[[Conversation], int]  # expanded prompt tokens of a conversation, generation prompt included
+
+
+def split_rounds(conv: Conversation) -> tuple[list[Turn], list[list[Turn]]]:
+    """(leading system turns, rounds); a round starts at each user turn. Turns before the first user turn
+    that are not system turns (an assistant greeting) form a round of their own."""
+    turns = conv.turns
+    i = 0
+    while i < len(turns) and turns[i].role == "system":
+        i += 1
+    head, rounds = list(turns[:i]), []
+    for t in turns[i:]:
+        if t.role == "user" or not rounds:
+            rounds.append([t])
+        else:
+            rounds[-1].append(t)
+    return head, rounds
+
+
+def join(head: list[Turn], rounds: list[list[Turn]], meta: dict) -> Conversation:
+    return Conversation(head + [t for r in rounds for t in r], dict(meta))
+
+
+class Policy:
+    """Base: the whole conversation. Subclasses override apply(); `name` and `arg` describe them in words."""
+
+    name = "full"
+
+    def apply(self, conv: Conversation, count: TokenCount | None = None) -> Conversation:
+        return conv
+
+    def describe(self) -> str:
+        return self.name
+
+
+@POLICIES.register("full")
+class Full(Policy):
+    """Everything; the decoder's max_seq_len is the limit (a clear error past it)."""
+
+    def __init__(self):
+        pass
+
+
+@POLICIES.register("last_k")
+class LastK(Policy):
+    """The system prompt and the last k rounds (the round being answered counts as one)."""
+
+    name = "last_k"
+
+    def __init__(self, k: int = 4):
+        if not isinstance(k, int) or k < 1:
+            raise MMDialogError(f"last_k needs k >= 1 rounds, got {k!r}")
+        self.k = k
+
+    def apply(self, conv, count=None):
+        head, rounds = split_rounds(conv)
+        return conv if len(rounds) <= self.k else join(head, rounds[-self.k:], conv.meta)
+
+    def describe(self):
+        return f"last_k {self.k}"
+
+
+@POLICIES.register("token_budget")
+class TokenBudget(Policy):
+    """Fit the prompt into `budget` tokens (generation prompt included; keep room for the reply yourself).
+
+    With drop_media_first, images of old rounds go first, oldest first, their text kept; then whole
+    rounds, oldest first. The round being answered is never cut: if it alone is over budget, that is
+    an error naming both numbers.
+    """
+
+    name = "token_budget"
+
+    def __init__(self, budget: int = 512, drop_media_first: bool = True):
+        if not isinstance(budget, int) or budget < 1:
+            raise MMDialogError(f"token_budget needs a budget >= 1 token, got {budget!r}")
+        self.budget = budget
+        self.drop_media_first = drop_media_first
+
+    def apply(self, conv, count=None):
+        if count is None:
+            raise MMDialogError("the token_budget policy needs a token counter (the session passes one)")
+        if count(conv) <= self.budget:
+            return conv
+        head, rounds = split_rounds(conv)
+        rounds = [list(r) for r in rounds]
+        if self.drop_media_first:
+            for r in range(len(rounds) - 1):  # oldest first; never the round being answered
+                for i, t in enumerate(rounds[r]):
+                    while any(isinstance(p, Image) for p in t.parts):
+                        j = next(j for j, p in enumerate(t.parts) if isinstance(p, Image))
+                        t = Turn(t.role, t.parts[:j] + t.parts[j + 1:])
+                        rounds[r][i] = t
+                        if count(join(head, rounds, conv.meta)) <= self.budget:
+                            return join(head, rounds, conv.meta)
+        while len(rounds) > 1:
+            rounds.pop(0)
+            if count(join(head, rounds, conv.meta)) <= self.budget:
+                return join(head, rounds, conv.meta)
+        n = count(join(head, rounds, conv.meta))
+        raise MMDialogError(f"the last message alone needs {n} tokens, over the token_budget of {self.budget}")
+
+    def describe(self):
+        return f"token_budget {self.budget}" + ("" if self.drop_media_first else " (media kept)")
+
+
+@POLICIES.register("summary")
+class Summary(Policy):
+    """The last `keep` rounds verbatim; older rounds replaced by one system turn that summarises them.
+
+    The default summary is extractive: each old round's user text and reply, cut to `words` words
+    each, newest kept when the whole exceeds `max_chars`, images noted as "[image]". Pass
+    `summarize(turns) -> str` for a model-written one (it must be deterministic for the cache to help).
+    """
+
+    name = "summary"
+
+    def __init__(self, keep: int = 4, words: int = 12, max_chars: int = 400,
+                 summarize: Callable[[list[Turn]], str] | None = None):
+        if not isinstance(keep, int) or keep < 1:
+            raise MMDialogError(f"summary needs keep >= 1 rounds, got {keep!r}")
+        self.keep, self.words, self.max_chars = keep, words, max_chars
+        self.summarize = summarize or self.extractive
+
+    def extractive(self, turns: list[Turn]) -> str:
+        lines = []
+        for t in turns:
+            if t.role == "system":
+                continue
+            words = t.text.split()
+            text = " ".join(words[: self.words]) + (" ..." if len(words) > self.words else "")
+            media = "[image] " * len(t.media("image"))
+            lines.append(f"{t.role}: {media}{text}".strip())
+        out = ""
+        for line in reversed(lines):  # newest first, so the most recent history survives the cut
+            if len(out) + len(line) + 1 > self.max_chars:
+                break
+            out = line + ("\n" + out if out else "")
+        return out
+
+    def apply(self, conv, count=None):
+        head, rounds = split_rounds(conv)
+        if len(rounds) <= self.keep:
+            return conv
+        old = [t for r in rounds[: -self.keep] for t in r]
+        summary = Turn("system", [Text("Earlier in this conversation:\n" + self.summarize(old))])
+        return join(head + [summary], rounds[-self.keep:], conv.meta)
+
+    def describe(self):
+        return f"summary {self.keep}"
+
+
+def make_policy(name: str, arg: str | int | None = None) -> Policy:
+    """A policy from its name and one optional number, as `/policy NAME [ARG]` and `--policy NAME[:ARG]` give them."""
+    cls = POLICIES.get(name)
+    if arg is None or arg == "":
+        return cls()
+    if cls is Full:
+        raise MMDialogError("the full policy takes no argument")
+    try:
+        n = int(arg)
+    except (TypeError, ValueError):
+        raise MMDialogError(f"the {name} policy takes a whole number, got {arg!r}") from None
+    return cls(n)
+
+
+def parse_policy(spec: str) -> Policy:
+    """'full', 'last_k:4', 'token_budget:300', 'summary:2' (also with a space instead of the colon)."""
+    name, _, arg = spec.replace(" ", ":").partition(":")
+    return make_policy(name.strip(), arg.strip() or None)

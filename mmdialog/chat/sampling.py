@@ -1,0 +1,148 @@
+"""Choosing the next token: greedy, temperature, top-k, top-p, repetition penalty; stop strings; streaming text.
+
+`Sampler` turns next-token logits (V,) into a token id; `TextStream` turns the growing list of
+reply ids into text pieces that are safe to show: never half a UTF-8 character (a byte-level BPE
+token may hold part of one) and never the start of a stop string that may still complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from mmdialog.errors import MMDialogError
+
+
+@dataclass
+class SamplingParams:
+    """How one reply is generated. temperature 0 is greedy (top_k, top_p and seed then change nothing).
+
+    top_k 0 and top_p 1.0 switch those filters off; repetition_penalty 1.0 switches it off, > 1 makes
+    every token already in the reply less likely (CTRL's rule: positive logits divided, negative ones
+    multiplied). Only the reply is penalised, not the context: a multi-turn answer often has to repeat
+    a word the user said ("red"). stop: strings that end the reply; the reply is cut before them.
+    seed: the same seed, prompt and parameters give the same reply.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "SamplingParams":
+        checks = [
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1"),
+            (_number(self.temperature) and 0 <= self.temperature <= 100, "temperature must be a number in [0, 100]"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (0: off)"),
+            (_number(self.top_p) and 0 < self.top_p <= 1, "top_p must be a number in (0, 1]"),
+            (_number(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty must be a number > 0"),
+            (isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
+             "stop must be a list of non-empty strings"),
+            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)), "seed must be an integer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MMDialogError(f"{message}; got {self!r}")
+        self.stop = list(self.stop)
+        return self
+
+    def replace(self, **changes) -> "SamplingParams":
+        """A copy with some fields changed; None values leave a field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # NaN is no number
+
+
+class Sampler:
+    """Next token from logits (V,), with `banned` ids (padding, placeholders, role tokens) never chosen."""
+
+    def __init__(self, params: SamplingParams, banned: list[int] = ()):
+        self.params = params
+        self.banned = torch.tensor(sorted(set(banned)), dtype=torch.long)
+        self.generator = None
+        if not params.greedy:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(2**62, ()).item()))
+
+    def __call__(self, logits: torch.Tensor, reply: list[int]) -> int:
+        p = self.params
+        logits = logits.float().cpu().clone()  # (V,)
+        if len(self.banned):
+            logits[self.banned[self.banned < logits.numel()]] = float("-inf")
+        if p.repetition_penalty != 1.0 and reply:
+            seen = torch.tensor(sorted(set(reply)), dtype=torch.long)
+            vals = logits[seen]
+            logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.greedy:
+            return int(logits.argmax())
+        logits = logits / p.temperature
+        if p.top_k and p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits[logits < kth] = float("-inf")
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            probs = sorted_logits.softmax(-1)
+            # keep the smallest head of the sorted distribution whose mass reaches top_p (at least one token)
+            drop = probs.cumsum(-1) - probs >= p.top_p  # mass before this token already reaches top_p
+            logits[order[drop]] = float("-inf")
+        probs = logits.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class TextStream:
+    """Incremental detokenisation with stop strings.
+
+    push(ids) takes the whole reply so far and returns the new text that is safe to show. The full
+    decode is redone each step (replies are short; it keeps byte-level BPE merges across tokens
+    right), text ending in U+FFFD is held back until its character completes, and so is any tail
+    that could be the beginning of a stop string. `stopped` turns true when a stop string appeared;
+    `text` is then the reply cut before it.
+    """
+
+    def __init__(self, decode, stop: list[str] = ()):
+        self.decode = decode
+        self.stop = [s for s in stop if s]
+        self.emitted = 0  # characters of `text` already returned
+        self.text = ""
+        self.stopped = False
+
+    def push(self, ids: list[int]) -> str:
+        text = self.decode(ids)
+        safe = len(text)
+        while safe > 0 and text[safe - 1] == "\ufffd":  # an incomplete multi-byte character
+            safe -= 1
+        for s in self.stop:
+            i = text.find(s, max(0, self.emitted - len(s) + 1))
+            if i != -1:
+                self.stopped = True
+                text, safe = text[:i], min(safe, i)
+        if not self.stopped:
+            for s in self.stop:  # hold back a tail that may grow into a stop string
+                for k in range(min(len(s) - 1, safe), 0, -1):
+                    if text[:safe].endswith(s[:k]):
+                        safe -= k
+                        break
+        self.text = text
+        piece = text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return piece
+
+    def flush(self) -> str:
+        """At the end of the reply: whatever was held back (a stop-string prefix that never completed)."""
+        piece = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return piece
