@@ -1,4 +1,4 @@
-"""`mmdialog {demo,world,train,eval,chat}`: one function per subcommand; errors print one clear line."""
+"""`mmdialog {demo,world,train,eval,chat,serve}`: one function per subcommand; errors print one clear line."""
 
 from __future__ import annotations
 
@@ -33,19 +33,38 @@ def cmd_train(args) -> None:
 
     cfg = _config(args)
     out = Path(args.out)
-    world = ensure_world(cfg, out)
+    world = None if cfg.data.train_file else ensure_world(cfg, out)
     tokenizer, model, _, dataset = prepare(cfg, world)
-    result = train(cfg, model, tokenizer, dataset, out, meta={"world": str(world.resolve())})
+    if len(dataset) < cfg.train.batch_size:
+        raise MMDialogError(f"{len(dataset)} usable conversations, fewer than train.batch_size={cfg.train.batch_size}; "
+                            + dataset.report())
+    meta = {"data": str(Path(cfg.data.train_file).resolve())} if world is None else {"world": str(world.resolve())}
+    result = train(cfg, model, tokenizer, dataset, out, meta=meta)
     print(f"trained {result.steps} steps in {result.wall_seconds:.0f}s, final loss {result.final_loss:.4f}; "
           f"checkpoint: {out / 'checkpoint'}")
+    _report_skipped(dataset.skipped, out / "skipped.jsonl")
+
+
+def _report_skipped(skipped, path: Path, show: int = 20) -> None:
+    """Records left out of training, never silently: a count, the first reasons, all of them in a file."""
+    if not skipped:
+        return
+    with open(path, "w") as f:
+        for s in skipped:
+            f.write(json.dumps({"record": s.id, "reason": s.reason}) + "\n")
+    print(f"skipped {len(skipped)} record(s) (all in {path}):")
+    for s in skipped[:show]:
+        print(f"  {s.id}: {s.reason}")
+    if len(skipped) > show:
+        print(f"  ... and {len(skipped) - show} more")
 
 
 def cmd_eval(args) -> None:
     from mmdialog.data.worlds.shapes import load_split
     from mmdialog.eval.multiturn import evaluate, write_predictions
-    from mmdialog.train.checkpoint import load_checkpoint
+    from mmdialog.export import load_any
 
-    ck = load_checkpoint(args.checkpoint)
+    ck = load_any(args.checkpoint)
     world = Path(args.world or ck.meta.get("world", ""))
     if not (world / "world.json").is_file():
         raise MMDialogError(f"no world at {world!s}; pass --world DIR")
@@ -65,10 +84,56 @@ def cmd_eval(args) -> None:
 
 def cmd_chat(args) -> None:
     from mmdialog.chat.cli import chat_loop
-    from mmdialog.train.checkpoint import load_checkpoint
+    from mmdialog.chat.policies import parse_policy
+    from mmdialog.chat.sampling import SamplingParams
+    from mmdialog.export import load_any
 
-    ck = load_checkpoint(args.checkpoint)
-    chat_loop(ck.model, ck.processor, max_new_tokens=args.max_new_tokens)
+    policy = parse_policy(args.policy)
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
+                              seed=args.seed)
+    ck = load_any(args.checkpoint)
+    chat_loop(ck.model, ck.processor, max_new_tokens=args.max_new_tokens, policy=policy, sampling=sampling,
+              system=args.system)
+
+
+def cmd_serve(args) -> None:
+    import os
+
+    from mmdialog.serve import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("MMDIALOG_API_KEY"),
+          allow_dir=args.allow_dir, model_name=args.model_name, max_new_tokens=args.max_new_tokens,
+          cache_mb=args.cache_mb, max_body_mb=args.max_body_mb, max_images=args.max_images)
+
+
+def cmd_data_check(args) -> int:
+    from mmdialog.data.formats import Checks, DataFile
+
+    processor, modalities = None, None
+    if args.checkpoint:
+        from mmdialog.export import load_any
+
+        ck = load_any(args.checkpoint)
+        processor, modalities = ck.processor, frozenset(ck.model.encoders)
+    checks = Checks(max_length=args.max_length, processor=processor, modalities=modalities)
+    reports = [DataFile(f, args.format, media_root=args.media_root).check(checks) for f in args.files]
+    if args.json:
+        summary = {"records": sum(r.records for r in reports), "valid": sum(r.valid for r in reports),
+                   "invalid": [{"file": r.file, **i} for r in reports for i in r.to_dict()["invalid"]],
+                   "files": [r.to_dict() for r in reports]}
+        print(json.dumps(summary, indent=2))
+    else:
+        print("\n".join(r.text() for r in reports))
+    return 1 if any(r.invalid for r in reports) else 0
+
+
+def cmd_export(args) -> None:
+    from mmdialog.export import export
+
+    s = export(args.checkpoint, args.out, max_shard_size=args.max_shard_size)
+    print(f"exported {s['tensors']} tensors ({s['bytes']:,} bytes, {s['shards']} shard(s)) to {s['out']}: "
+          + ", ".join(s["files"]))
 
 
 def cmd_demo(args) -> None:
@@ -86,7 +151,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmdialog", description="Multimodal multi-turn dialogue models: build, train, evaluate, chat.")
+    p = argparse.ArgumentParser(prog="mmdialog", description="Multimodal multi-turn dialogue models: build, train, evaluate, chat, serve.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp):
@@ -123,23 +188,81 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("chat", help="terminal chat with a checkpoint (KV cache kept across turns)",
-                        description="Chat in the terminal. Commands: /image PATH, /reset, /quit.")
+                        description="Chat in the terminal; replies stream in. Commands: /image PATH, /policy NAME [ARG], "
+                                    "/undo, /retry, /reset, /save FILE, /load FILE, /help, /quit.")
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--max-new-tokens", type=int, default=32)
+    sp.add_argument("--policy", default="full",
+                    help="context policy: full, last_k:K, token_budget:TOKENS or summary:KEEP (default: full)")
+    sp.add_argument("--system", help="a system prompt for the conversation")
+    sp.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    sp.add_argument("--top-k", type=int, default=0, help="0 (default): off")
+    sp.add_argument("--top-p", type=float, default=1.0, help="1.0 (default): off")
+    sp.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 (default): off")
+    sp.add_argument("--stop", action="append", metavar="TEXT", help="end a reply at TEXT (repeatable)")
+    sp.add_argument("--seed", type=int, help="seed for sampling (same seed, same replies)")
     sp.set_defaults(func=cmd_chat)
+
+    sp = sub.add_parser("data", help="check dataset files (LLaVA, ShareGPT, OpenAI chat) before training",
+                        description="Dataset files in LLaVA, ShareGPT-style or OpenAI chat format.")
+    data = sp.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    sp = data.add_parser("check", help="count valid records; list each invalid one with its line and reason",
+                         description="Read each FILE record by record (streamed) and report records read, valid, and "
+                                     "every invalid record with its line and reason: broken role order, tag count "
+                                     "differing from media count, missing or undecodable media, empty reply, over "
+                                     "the maximum length. Training applies the same checks. Exit status 1 when a "
+                                     "record is invalid.")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="JSON array or JSON Lines file")
+    sp.add_argument("--format", default="auto", choices=["auto", "llava", "sharegpt", "openai"],
+                    help="record format (default: auto, from the first records' fields)")
+    sp.add_argument("--media-root", help="media paths are relative to this directory and may not leave it "
+                                         "(default: each file's directory)")
+    sp.add_argument("--max-length", type=int, default=0,
+                    help="longest record: tokens with --checkpoint (default: its max_seq_len), else characters")
+    sp.add_argument("--checkpoint", help="a checkpoint or export: count tokens with its processor, and refuse media "
+                                         "it cannot encode, exactly as training on it would")
+    sp.add_argument("--json", action="store_true", help="print a JSON object: records, valid, invalid [{file, line, "
+                                                         "reason}], files [per-file reports]")
+    sp.set_defaults(func=cmd_data_check)
+
+    sp = sub.add_parser("export", help="write a checkpoint as config.json + safetensors + tokenizer files",
+                        description="Export a checkpoint to a directory in the Hugging Face layout: config.json, "
+                                    "model.safetensors (sharded past --max-shard-size, with "
+                                    "model.safetensors.index.json), tokenizer.json, tokenizer_config.json, "
+                                    "chat_template.jinja. Every command that takes --checkpoint also takes it.")
+    sp.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or an earlier export)")
+    sp.add_argument("--out", required=True, help="directory to write (replaced only if empty or an earlier export)")
+    sp.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB, 500MB, 200MiB (default: 5GB)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("serve", help="OpenAI-compatible HTTP API and a web chat page",
+                        description="Serve /v1/chat/completions (streaming too), /v1/models, /health and a chat page "
+                                    "at /. Sessions are cached across requests that extend an earlier conversation.")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                                      "(default: $MMDIALOG_API_KEY, else none)")
+    sp.add_argument("--allow-dir", help="let requests name local image files under this directory (default: none)")
+    sp.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: mmdialog)")
+    sp.add_argument("--max-new-tokens", type=int, default=64, help="reply length when a request gives no max_tokens")
+    sp.add_argument("--cache-mb", type=int, default=512, help="memory for cached sessions' KV caches (LRU beyond it)")
+    sp.add_argument("--max-body-mb", type=float, default=16, help="largest request body accepted")
+    sp.add_argument("--max-images", type=int, default=8, help="most images in one request")
+    sp.set_defaults(func=cmd_serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except MMDialogError as e:
         print(f"mmdialog {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

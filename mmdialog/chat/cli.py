@@ -1,58 +1,140 @@
-"""The terminal chat loop behind `mmdialog chat`."""
+"""The terminal chat loop behind `mmdialog chat`: replies stream in; slash commands edit the session."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+from mmdialog.chat.policies import make_policy
+from mmdialog.chat.sampling import SamplingParams
 from mmdialog.chat.session import ChatSession
-from mmdialog.data.conversation import Image
+from mmdialog.data.conversation import Conversation, Image
 from mmdialog.errors import MMDialogError
 
-HELP = "commands: /image PATH (attach to your next message), /reset, /quit"
+HELP = """commands:
+  /image PATH          attach an image to your next message (several may be attached)
+  /audio PATH          attach audio (not available yet: no model here encodes audio)
+  /policy NAME [ARG]   context policy: full | last_k K | token_budget TOKENS | summary KEEP
+  /undo                remove your last message and its reply
+  /retry               regenerate the last reply
+  /reset               start a new conversation
+  /save FILE           write the conversation as JSON
+  /load FILE           read a conversation written by /save
+  /help                this list
+  /quit                leave"""
 
 
-def chat_loop(model, processor, *, max_new_tokens: int = 32, stdin=sys.stdin, stdout=sys.stdout) -> ChatSession:
-    session = ChatSession(model, processor, max_new_tokens=max_new_tokens)
-    pending: list[Image] = []
-    print(HELP, file=stdout)
-    while True:
-        print("you> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
-            break
-        if line == "/reset":
-            session.reset()
-            pending.clear()
-            print("(conversation cleared)", file=stdout)
-            continue
-        if line.startswith("/image"):
-            path = line[len("/image"):].strip()
-            try:
-                if not Path(path).is_file():
-                    raise MMDialogError(f"image file not found: {path!r}")
-                im = Image(path=path)
-                im.load()
-            except MMDialogError as e:
-                print(f"error: {e}", file=stdout)
+class ChatCLI:
+    """One terminal chat. Each command either works or prints `error: ...` and changes nothing."""
+
+    def __init__(self, session: ChatSession, stdin=sys.stdin, stdout=sys.stdout):
+        self.session, self.stdin, self.stdout = session, stdin, stdout
+        self.pending: list[Image] = []
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        print(text, end=end, file=self.stdout, flush=True)
+
+    def run(self) -> ChatSession:
+        self.say(f"mmdialog chat (policy: {self.session.policy.describe()}). /help lists the commands.")
+        while True:
+            self.say("you> ", end="")
+            line = self.stdin.readline()
+            if not line:  # end of input
+                self.say()
+                break
+            line = line.strip()
+            if not line:
                 continue
-            pending.append(im)
-            print(f"(image {path} attached to your next message)", file=stdout)
-            continue
-        if line.startswith("/"):
-            print(f"unknown command {line.split()[0]}; {HELP}", file=stdout)
-            continue
+            try:
+                if line.startswith("/"):
+                    if self.command(line) == "quit":
+                        break
+                else:
+                    self.reply(self.session.stream(*self.pending, line))
+                    self.pending.clear()
+            except MMDialogError as e:
+                self.say(f"error: {e}")
+            except KeyboardInterrupt:  # Ctrl-C stops the reply being written; the turn is dropped
+                self.say("\n(interrupted; that turn was dropped)")
+        return self.session
+
+    def reply(self, stream) -> None:
+        self.say("bot> ", end="")
         try:
-            reply = session.ask(*pending, line)
-        except MMDialogError as e:
-            session.conv.turns.pop()  # leave the session as it was before this turn
-            print(f"error: {e}", file=stdout)
-            continue
-        pending.clear()
-        print(f"bot> {reply}", file=stdout, flush=True)
-    return session
+            for piece in stream:
+                self.say(piece, end="")
+        finally:
+            stream.close()
+        self.say()
+
+    def command(self, line: str) -> str | None:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        s = self.session
+        if name in ("/quit", "/exit"):
+            return "quit"
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/image":
+            if not arg:
+                raise MMDialogError("usage: /image PATH")
+            path = Path(arg).expanduser()
+            if not path.is_file():
+                raise MMDialogError(f"image file not found: {arg}")
+            im = Image(path=str(path.resolve()))  # absolute, so that /save and /load work from anywhere
+            im.load()
+            self.pending.append(im)
+            self.say(f"(image {arg} attached to your next message)")
+        elif name == "/audio":
+            raise MMDialogError("audio input is not available yet: no mmdialog model encodes audio so far")
+        elif name == "/policy":
+            if not arg:
+                self.say(f"(policy: {s.policy.describe()})")
+                return None
+            pname, _, parg = arg.partition(" ")
+            s.set_policy(make_policy(pname, parg.strip() or None))
+            self.say(f"(policy: {s.policy.describe()})")
+        elif name == "/undo":
+            s.undo()
+            self.pending.clear()
+            self.say(f"(last exchange removed; {len(s.conv.turns)} turns left)")
+        elif name == "/retry":
+            self.reply(s.regenerate())
+        elif name == "/reset":
+            s.reset()
+            self.pending.clear()
+            self.say("(conversation cleared)")
+        elif name == "/save":
+            if not arg:
+                raise MMDialogError("usage: /save FILE")
+            try:
+                Path(arg).write_text(json.dumps(s.conv.to_dict(), indent=2))
+            except OSError as e:
+                raise MMDialogError(f"cannot write {arg}: {e}") from None
+            self.say(f"(saved {len(s.conv.turns)} turns to {arg})")
+        elif name == "/load":
+            if not arg:
+                raise MMDialogError("usage: /load FILE")
+            try:
+                data = json.loads(Path(arg).read_text())
+            except FileNotFoundError:
+                raise MMDialogError(f"file not found: {arg}") from None
+            except (OSError, ValueError) as e:
+                raise MMDialogError(f"cannot read {arg}: {e}") from None
+            if not isinstance(data, dict):
+                raise MMDialogError(f"{arg} does not hold a conversation (a JSON object with 'turns')")
+            s.load(Conversation.from_dict(data, root=Path(arg).resolve().parent, where=arg))
+            self.pending.clear()
+            self.say(f"(loaded {len(s.conv.turns)} turns from {arg})")
+        else:
+            raise MMDialogError(f"unknown command {name}; /help lists the commands")
+        return None
+
+
+def chat_loop(model, processor, *, max_new_tokens: int = 32, policy=None, sampling: SamplingParams | None = None,
+              system: str | None = None, stdin=sys.stdin, stdout=sys.stdout) -> ChatSession:
+    session = ChatSession(model, processor, max_new_tokens=max_new_tokens, policy=policy, sampling=sampling)
+    if system:
+        session.add("system", system)
+    return ChatCLI(session, stdin, stdout).run()

@@ -147,8 +147,10 @@ class ChatSession:
 
     def load(self, conv: Conversation) -> None:
         """Replace the conversation (e.g. /load); the cache keeps whatever prefix still matches."""
-        for im in conv.media("image"):
-            im.load()  # fail now, naming the file, rather than at the next reply
+        check = ChatSession.fork(self)  # validate on a throwaway copy: nothing changes on error
+        check.conv = Conversation()
+        for t in conv.turns:
+            check.add(t.role, *t.parts)  # fails now, naming the file or the modality, not at the next reply
         self.conv = Conversation(list(conv.turns), dict(conv.meta))
 
     def set_policy(self, policy: Policy) -> None:
@@ -156,7 +158,12 @@ class ChatSession:
 
     # -- conversation edits ------------------------------------------------------------------------
     def add(self, role: str, *parts: Part | str) -> None:
+        """Append a turn; an image that cannot be read, or media the model has no encoder for, is an error now."""
         for p in parts:
+            kind = getattr(p, "type", "text")
+            if kind != "text" and kind not in self.model.encoders:
+                raise MMDialogError(f"this model cannot take {kind} input (it has encoders for: "
+                                    f"{', '.join(self.model.encoders)})")
             if isinstance(p, Image):
                 p.load()
         self.conv.add(role, *parts)
@@ -273,13 +280,15 @@ class ChatSession:
         out = []
         for im in images:
             key = im.content_hash()
-            if key not in self.media_cache:
+            enc = self.media_cache.get(key)  # one lookup: a shared cache may evict between two
+            if enc is None:
                 pixels = image_to_tensor(im.load(), self.processor.image_size)[None]  # (1, 3, H, W)
                 device = next(self.model.parameters()).device
                 with self.lock:
-                    self.media_cache[key] = self.model.encode_media(images=pixels.to(device))["image"]
+                    enc = self.model.encode_media(images=pixels.to(device))["image"]
+                self.media_cache[key] = enc
                 self.stats["images_encoded"] += 1
-            out.append(self.media_cache[key])
+            out.append(enc)
         return torch.cat(out)  # (N, T_img, d_img)
 
     @torch.no_grad()
@@ -287,12 +296,11 @@ class ChatSession:
         """Bring the cache up to date with the context plus the assistant header; returns next-token logits (V,)."""
         ctx = self.context()
         images = ctx.media("image")
-        ids = self.processor.expand(self.processor.token_ids(ctx, add_generation_prompt=True), len(images))
+        ids, hashes = self.render(ctx)
         if len(ids) >= self.model.decoder.max_seq_len:
             raise MMDialogError(f"the conversation needs {len(ids)} tokens, over the model's max_seq_len "
                                 f"{self.model.decoder.max_seq_len}; choose a context policy such as last_k or token_budget")
-        hashes = [im.content_hash() for im in images]
-        n, m = self._reusable_prefix(ids, hashes)
+        n, m = self.reusable_prefix(ids, hashes)
         n = min(n, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
         m = min(m, ids[:n].count(self.processor.tokenizer.media_ids["image"]) // self.processor.image_tokens)
         encoded = self.stats["images_encoded"]
@@ -307,7 +315,13 @@ class ChatSession:
             reply.images_encoded = self.stats["images_encoded"] - encoded
         return logits
 
-    def _reusable_prefix(self, ids: list[int], hashes: list[str]) -> tuple[int, int]:
+    def render(self, conv: Conversation) -> tuple[list[int], list[str]]:
+        """Expanded token ids of a conversation plus the assistant header, and its images' content hashes."""
+        images = conv.media("image")
+        ids = self.processor.expand(self.processor.token_ids(conv, add_generation_prompt=True), len(images))
+        return ids, [im.content_hash() for im in images]
+
+    def reusable_prefix(self, ids: list[int], hashes: list[str]) -> tuple[int, int]:
         """(n, m): the first n cached positions, holding the first m images, are valid for `ids`."""
         old = self.cached_ids
         n = 0
