@@ -28,9 +28,11 @@ HELP = """commands:
 class ChatCLI:
     """One terminal chat. Each command either works or prints `error: ...` and changes nothing."""
 
-    def __init__(self, session: ChatSession, stdin=sys.stdin, stdout=sys.stdout):
-        self.session, self.stdin, self.stdout = session, stdin, stdout
+    def __init__(self, session: ChatSession, stdin=sys.stdin, stdout=sys.stdout, system: str | None = None):
+        self.session, self.stdin, self.stdout, self.system = session, stdin, stdout, system
         self.pending: list[Image] = []
+        if system and not session.conv.turns:
+            session.add("system", system)
 
     def say(self, text: str = "", end: str = "\n") -> None:
         print(text, end=end, file=self.stdout, flush=True)
@@ -103,6 +105,8 @@ class ChatCLI:
             self.reply(s.regenerate())
         elif name == "/reset":
             s.reset()
+            if self.system:
+                s.add("system", self.system)
             self.pending.clear()
             self.say("(conversation cleared)")
         elif name == "/save":
@@ -122,9 +126,13 @@ class ChatCLI:
                 raise MMDialogError(f"file not found: {arg}") from None
             except (OSError, ValueError) as e:
                 raise MMDialogError(f"cannot read {arg}: {e}") from None
-            if not isinstance(data, dict):
-                raise MMDialogError(f"{arg} does not hold a conversation (a JSON object with 'turns')")
-            s.load(Conversation.from_dict(data, root=Path(arg).resolve().parent, where=arg))
+            try:
+                conv = Conversation.from_dict(data, root=Path(arg).resolve().parent, where=arg)
+            except (TypeError, AttributeError):
+                conv = None
+            if not isinstance(data, dict) or conv is None:
+                raise MMDialogError(f"{arg} does not hold a conversation (a JSON object with 'turns', as /save writes)")
+            s.load(conv)
             self.pending.clear()
             self.say(f"(loaded {len(s.conv.turns)} turns from {arg})")
         else:
@@ -135,6 +143,4 @@ class ChatCLI:
 def chat_loop(model, processor, *, max_new_tokens: int = 32, policy=None, sampling: SamplingParams | None = None,
               system: str | None = None, stdin=sys.stdin, stdout=sys.stdout) -> ChatSession:
     session = ChatSession(model, processor, max_new_tokens=max_new_tokens, policy=policy, sampling=sampling)
-    if system:
-        session.add("system", system)
-    return ChatCLI(session, stdin, stdout).run()
+    return ChatCLI(session, stdin, stdout, system=system).run()
