@@ -65,6 +65,16 @@ class WorldConfig:
 
 
 @dataclass
+class DataConfig:
+    """Training on a dataset file instead of the built-in world (see mmdialog/data/formats)."""
+
+    train_file: str = ""  # LLaVA JSON, ShareGPT-style or OpenAI chat JSONL; empty: the built-in world
+    format: str = "auto"  # auto | llava | sharegpt | openai
+    media_root: str = ""  # media paths are relative to it and may not leave it; empty: the train file's directory
+    tokenizer: str = ""  # a directory with tokenizer.json (a checkpoint or an export); empty: train one on the text
+
+
+@dataclass
 class TokenizerConfig:
     vocab_size: int = 512  # BPE vocabulary trained on the world's text
 
@@ -99,6 +109,7 @@ class EvalConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -194,6 +205,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise MMDialogError(f"config file {p} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])
+    return _from_dict(cls, data)
+
+
+def config_from_dict(data: dict, cls=Config, where: str = "config"):
+    """A config from a mapping (what to_dict gives), with the same checks as load_config."""
+    if not isinstance(data, dict):
+        raise MMDialogError(f"{where} must be a mapping, got {type(data).__name__}")
     return _from_dict(cls, data)
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from mmdialog.config import Config, TrainConfig
 from mmdialog.data.collate import Collator
 from mmdialog.data.dataset import ConversationDataset
+from mmdialog.data.formats import DataFile
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.data.worlds.shapes import load_split, record_to_conversation
@@ -85,16 +86,27 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
 
 
-def prepare(cfg: Config, world_dir: Path, progress: bool = True):
-    """Tokenizer trained on the world's training text, the model, and the processed training set."""
-    train_records = load_split(world_dir, "train")
-    tokenizer = ChatTokenizer.train(world_texts(train_records) + ["Describe the picture."], cfg.tokenizer.vocab_size)
+def prepare(cfg: Config, world_dir: Path | None, progress: bool = True):
+    """The tokenizer, the model, and the processed training set: the records of cfg.data.train_file when
+    set (invalid ones land in dataset.skipped with their line and reason), else the world's train split.
+    The tokenizer is cfg.data.tokenizer when set, else trained on the training text."""
+    if cfg.data.train_file:
+        data = DataFile(cfg.data.train_file, cfg.data.format, media_root=cfg.data.media_root or None)
+        texts = data.texts()  # streamed: the file is read once for the tokenizer, once for the examples
+    else:
+        train_records = load_split(world_dir, "train")
+        texts = world_texts(train_records) + ["Describe the picture."]
+    tokenizer = ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
+        ChatTokenizer.train(texts, cfg.tokenizer.vocab_size)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
     processor = Processor(tokenizer, image_size=cfg.model.image.image_size,
                           image_tokens=model.num_media_tokens("image"), max_length=cfg.model.decoder.max_seq_len)
-    convs = [record_to_conversation(r, world_dir) for r in train_records]
-    dataset = ConversationDataset.build(convs, processor, desc="processing train", progress=progress)
+    if cfg.data.train_file:
+        dataset = data.dataset(processor, modalities=model.encoders.keys(), progress=progress)
+    else:
+        convs = [record_to_conversation(r, world_dir) for r in train_records]
+        dataset = ConversationDataset.build(convs, processor, desc="processing train", progress=progress)
     return tokenizer, model, processor, dataset
 
 

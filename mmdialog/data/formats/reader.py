@@ -1,0 +1,157 @@
+"""A dataset file in one of the formats, read one record at a time: conversations, a check report,
+the text to train a tokenizer on, or the processed training set.
+
+    data = DataFile("llava.json", "auto", media_root="images/")
+    report = data.check(Checks(max_length=2048))       # records, valid, invalid [(line, reason)]
+    for rec in data.records(Checks()):                  # Record(line, conversation | None, reason | None)
+        ...
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from mmdialog.data.conversation import Conversation
+from mmdialog.data.dataset import ConversationDataset, Skipped
+from mmdialog.data.formats import llava, openai, sharegpt
+from mmdialog.data.formats.common import NOT_JSON, MediaRoot, RecordError
+from mmdialog.data.formats.stream import iter_records
+from mmdialog.data.formats.validate import Checks, check_conversation
+from mmdialog.data.processor import Processor
+from mmdialog.errors import MMDialogError
+
+FORMATS = {m.NAME: m for m in (llava, sharegpt, openai)}
+DETECT_RECORDS = 32  # records `auto` looks at
+
+
+def detect_format(values: list, path: Path) -> str:
+    """The format the first records of a file follow, from their keys:
+
+    images / videos / audios lists -> sharegpt; `messages` whose content is a list of parts, or plain
+    text without media tags -> openai; `messages` with media tags -> sharegpt; `conversations` -> llava.
+    """
+    dicts = [v for v in values if isinstance(v, dict)]
+    if any(k in d for d in dicts for k in sharegpt.LISTS.values()):
+        return "sharegpt"
+    msgs = [m for d in dicts if isinstance(d.get("messages"), list) for m in d["messages"] if isinstance(m, dict)]
+    if msgs:
+        contents = [m.get("content", m.get("value")) for m in msgs]
+        if any(isinstance(c, list) for c in contents):
+            return "openai"
+        if any(isinstance(c, str) and any(t in c for t in ("<image>", "<video>", "<audio>")) for c in contents) \
+                or any("from" in m for m in msgs):
+            return "sharegpt"
+        return "openai"
+    if any("conversations" in d for d in dicts):
+        return "llava"
+    raise MMDialogError(f"{path}: cannot tell the format from the first {len(values)} record(s) (no 'messages' or "
+                        "'conversations' field); pass --format llava, sharegpt or openai")
+
+
+@dataclass
+class Record:
+    line: int
+    conversation: Conversation | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Invalid:
+    line: int
+    reason: str
+
+
+@dataclass
+class CheckReport:
+    file: str
+    format: str
+    records: int = 0
+    valid: int = 0
+    invalid: list[Invalid] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "format": self.format, "records": self.records, "valid": self.valid,
+                "invalid": [{"line": i.line, "reason": i.reason} for i in self.invalid]}
+
+    def text(self, limit: int = 0) -> str:
+        """What `mmdialog data check` prints: a summary line, then one line per invalid record."""
+        lines = [f"{self.file} ({self.format}): {self.records} records read, {self.valid} valid, "
+                 f"{len(self.invalid)} invalid"]
+        shown = self.invalid[:limit] if limit else self.invalid
+        lines += [f"  line {i.line}: {i.reason}" for i in shown]
+        if len(shown) < len(self.invalid):
+            lines.append(f"  ... and {len(self.invalid) - len(shown)} more")
+        return "\n".join(lines)
+
+
+class DataFile:
+    def __init__(self, path: str | Path, fmt: str = "auto", media_root: str | Path | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MMDialogError(f"data file not found: {self.path}")
+        if fmt != "auto" and fmt not in FORMATS:
+            raise MMDialogError(f"unknown data format {fmt!r}; known: auto, {', '.join(FORMATS)}")
+        root = Path(media_root) if media_root else self.path.parent
+        if not root.is_dir():
+            raise MMDialogError(f"media root not found: {root} (for {self.path})")
+        self.media = MediaRoot(root)
+        if fmt == "auto":
+            head = [r.value for r in itertools.islice(iter_records(self.path), DETECT_RECORDS) if r.error is None]
+            fmt = detect_format(head, self.path)
+        self.format = fmt
+        self.converter = FORMATS[fmt]
+
+    def records(self, checks: Checks | None = None) -> Iterator[Record]:
+        """Every record with its conversation, or the reason it is refused. checks=None: conversion only."""
+        for raw in iter_records(self.path):
+            if raw.error is not None:
+                reason = raw.error if raw.error.startswith(NOT_JSON) else f"{NOT_JSON}: {raw.error}"
+                yield Record(raw.line, reason=reason)
+                continue
+            try:
+                conv = self.converter.from_record(raw.value, self.media)
+                if checks is not None:
+                    check_conversation(conv, checks)
+            except RecordError as e:
+                yield Record(raw.line, reason=str(e))
+                continue
+            conv.meta.update(id=f"line {raw.line}", line=raw.line, source=str(self.path))
+            yield Record(raw.line, conv)
+
+    def check(self, checks: Checks) -> CheckReport:
+        report = CheckReport(str(self.path), self.format)
+        for rec in self.records(checks):
+            report.records += 1
+            if rec.conversation is not None:
+                report.valid += 1
+            else:
+                report.invalid.append(Invalid(rec.line, rec.reason))
+        return report
+
+    def texts(self) -> Iterator[str]:
+        """The text of every turn of every record that converts (media not checked): a tokenizer's training text."""
+        for rec in self.records(None):
+            if rec.conversation is not None:
+                yield from (t.text for t in rec.conversation.turns if t.text)
+
+    def dataset(self, processor: Processor, modalities, progress: bool = True) -> ConversationDataset:
+        """The processed training set. Records that fail a check are in `skipped` as ("line N", reason),
+        in file order, next to any the processor refused."""
+        refused: list[Skipped] = []
+
+        def valid() -> Iterator[Conversation]:
+            for rec in self.records(Checks(processor=processor, modalities=frozenset(modalities))):
+                if rec.conversation is None:
+                    refused.append(Skipped(f"line {rec.line}", rec.reason))
+                else:
+                    yield rec.conversation
+
+        ds = ConversationDataset.build(valid(), processor, desc=f"processing {self.path.name}", progress=progress)
+        ds.skipped = sorted(ds.skipped + refused, key=lambda s: int(s.id.split()[-1]))
+        return ds
+
+    def to_record(self, conv: Conversation) -> dict:
+        return self.converter.to_record(conv, self.media)

@@ -1,0 +1,159 @@
+"""Checks on a converted conversation, shared by `mmdialog data check` and training.
+
+The converters already refused what the record's structure gets wrong (fields, roles, tags against
+media, empty replies). Here: media that the model cannot encode, media files that are missing or do
+not decode, reserved tokens in the text, and the length (tokens through the processor when one is
+given, else characters).
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from mmdialog.data.conversation import Audio, Conversation, Image, Text, Video
+from mmdialog.data.formats.common import (
+    MISSING_MEDIA, RESERVED, TOO_LONG, UNDECODABLE, UNSUPPORTED, RecordError,
+)
+from mmdialog.data.processor import Processor
+from mmdialog.data.tokenizer import SPECIAL_TOKENS
+from mmdialog.errors import MMDialogError
+
+
+@dataclass
+class Checks:
+    media: bool = True  # open every media file and decode it (images fully; audio and video by their headers)
+    max_length: int = 0  # tokens with a processor, characters without; 0: the processor's max_length, or no limit
+    processor: Processor | None = None
+    modalities: frozenset[str] | None = None  # media kinds the model encodes; None: any
+
+
+def check_conversation(conv: Conversation, checks: Checks) -> None:
+    """Raise RecordError for the first problem found."""
+    media = [(i, p) for i, t in enumerate(conv.turns) for p in t.parts if not isinstance(p, Text)]
+    if checks.modalities is not None:
+        for i, p in media:
+            if p.type not in checks.modalities:
+                raise RecordError(UNSUPPORTED, f"turn {i} holds {p.type}, but the model encodes only "
+                                               f"{', '.join(sorted(checks.modalities)) or 'text'}")
+    for i, t in enumerate(conv.turns):
+        for p in t.parts:
+            if isinstance(p, Text):
+                for tok in SPECIAL_TOKENS:
+                    if tok in p.text:
+                        raise RecordError(RESERVED, f"turn {i} contains {tok}, which the tokenizer reserves")
+    if checks.media:
+        for i, p in media:
+            check_media(p, f"turn {i}")
+    _check_length(conv, checks)
+
+
+def _check_length(conv: Conversation, checks: Checks) -> None:
+    if checks.processor is not None:
+        proc = checks.processor
+        try:
+            n = len(proc.expand(proc.token_ids(conv), len(conv.media("image"))))
+        except MMDialogError as e:
+            raise RecordError(RESERVED, str(e)) from None
+        limit = checks.max_length or proc.max_length
+        if n > limit:
+            raise RecordError(TOO_LONG, f"{n} tokens (media expanded) > {limit}")
+    elif checks.max_length:
+        n = sum(len(t.text) for t in conv.turns)
+        if n > checks.max_length:
+            raise RecordError(TOO_LONG, f"{n} characters > {checks.max_length} "
+                                        "(characters: give a checkpoint to count tokens)")
+
+
+# ----------------------------------------------------------------------------- media
+
+def check_media(part, where: str) -> None:
+    if isinstance(part, Image):
+        _check_image(part, where)
+    elif isinstance(part, Audio):
+        _check_audio(part, where)
+    elif isinstance(part, Video):
+        _check_container(part.path, None, "video", VIDEO, where)
+
+
+def _missing(kind: str, path: str, where: str) -> RecordError:
+    return RecordError(MISSING_MEDIA, f"{where}: {kind} file not found: {path}")
+
+
+def _check_image(im: Image, where: str) -> None:
+    if im.pixels is not None:
+        if im.pixels.ndim != 3 or im.pixels.shape[2] != 3 or im.pixels.dtype != np.uint8:
+            raise RecordError(UNDECODABLE, f"{where}: image pixels are {im.pixels.dtype} {im.pixels.shape}, "
+                                           "not (H, W, 3) uint8")
+        return
+    if not Path(im.path).is_file():
+        raise _missing("image", im.path, where)
+    try:  # decode without keeping the pixels: the processor loads them again when it needs them
+        with PILImage.open(im.path) as f:
+            f.load()
+    except Exception as e:  # PIL raises many types for broken files
+        raise RecordError(UNDECODABLE, f"{where}: image {im.path}: {e}") from None
+
+
+AUDIO = ("wav", "flac", "mp3", "ogg", "mp4", "webm")
+VIDEO = ("mp4", "webm", "avi", "ogg")
+
+
+def sniff(head: bytes) -> str | None:
+    """The container a file's first 12 bytes announce, or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "webm"
+    return None
+
+
+def _check_container(path: str | None, data: bytes | None, kind: str, allowed: tuple[str, ...], where: str) -> str:
+    """The container name, after checking that the file exists and its header is one of `allowed`."""
+    what = path if path is not None else "data"
+    if data is None:
+        if not Path(path).is_file():
+            raise _missing(kind, path, where)
+        with open(path, "rb") as f:
+            head = f.read(12)
+    else:
+        head = data[:12]
+    found = sniff(head)
+    if found not in allowed:
+        known = ", ".join(a.upper() for a in allowed[:-1]) + f" or {allowed[-1].upper()}"
+        raise RecordError(UNDECODABLE, f"{where}: {kind} {what} is not {known}"
+                          + (f" (its header is {found.upper()}'s)" if found else " (unknown header)"))
+    return found
+
+
+def _check_audio(a: Audio, where: str) -> None:
+    """WAV is decoded (header and every frame present); other containers are checked by their header only:
+    decoding them needs libraries mmdialog does not depend on."""
+    found = _check_container(a.path, a.data, "audio", AUDIO, where)
+    if found != "wav":
+        return
+    what = a.path if a.path is not None else "data"
+    try:
+        with wave.open(a.path if a.data is None else io.BytesIO(a.data)) as w:
+            n, width, channels = w.getnframes(), w.getsampwidth(), w.getnchannels()
+            got = len(w.readframes(n))
+    except (wave.Error, EOFError, OSError) as e:
+        raise RecordError(UNDECODABLE, f"{where}: audio {what}: {e}") from None
+    if got != n * width * channels:
+        raise RecordError(UNDECODABLE, f"{where}: audio {what} is truncated: {got} of {n * width * channels} "
+                                       "bytes of samples")

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from mmdialog.data.formats.stream import iter_json_array, iter_jsonl, iter_records, layout
+from mmdialog.errors import MMDialogError
+
+RECORDS = [{"id": i, "text": 'tricky: , ] } { [ " \\ \n' + "x" * i, "nested": [1, {"a": [2, {}]}]} for i in range(25)]
+
+
+def write_array(path, records, indent=2):
+    text = "\ufeff \n[\n" + ",\n".join(json.dumps(r, indent=indent) for r in records) + "\n]\n\n"
+    path.write_text(text, encoding="utf-8")
+    return text.lstrip("\ufeff").split("\n")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 1 << 20])
+def test_array_items_and_their_lines_whatever_the_chunk_size(tmp_path, chunk):
+    lines = write_array(tmp_path / "a.json", RECORDS)
+    got = list(iter_json_array(tmp_path / "a.json", chunk_size=chunk))
+    assert [r.value for r in got] == RECORDS and all(r.error is None for r in got)
+    assert all(lines[r.line - 1].strip() == "{" for r in got)  # each record's line is where its '{' is
+
+
+def test_a_bad_item_is_reported_and_the_next_ones_are_read(tmp_path):
+    (tmp_path / "b.json").write_text('[\n{"a": 1},\n{"a": 2,},\n  {"a" 3},\n{"a": 4}, 5\n]\n')
+    got = [(r.line, r.value, r.error) for r in iter_json_array(tmp_path / "b.json", chunk_size=3)]
+    assert got[0] == (2, {"a": 1}, None)
+    assert got[1][0] == 3 and got[1][2].startswith("not valid JSON") and "line 3" in got[1][2]
+    assert got[2][0] == 4 and got[2][2].startswith("not valid JSON")
+    assert got[3:] == [(5, {"a": 4}, None), (5, 5, None)]
+
+
+def test_truncated_and_trailing_text_are_reported(tmp_path):
+    (tmp_path / "t.json").write_text('[{"a": 1},\n{"a": 2')
+    got = list(iter_records(tmp_path / "t.json"))
+    assert got[0].value == {"a": 1} and got[1].line == 2 and "ends before the array's closing ']'" in got[1].error
+    (tmp_path / "u.json").write_text('[{"a": 1}\n')
+    assert [r.error for r in iter_records(tmp_path / "u.json")] == [None, "the file ends before the array's closing ']'"]
+    (tmp_path / "v.json").write_text('[{"a": 1}]\n\n[2]')
+    got = list(iter_records(tmp_path / "v.json"))
+    assert got[1].line == 3 and "after the array's closing ']'" in got[1].error
+
+
+def test_jsonl_lines_blank_lines_and_bad_bytes(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b'{"a": 1}\n\n{"a": "\xff"}\n{"a"\n  {"b": 2}\r\n')
+    got = [(r.line, r.value, r.error) for r in iter_jsonl(tmp_path / "a.jsonl")]
+    assert got == [(1, {"a": 1}, None), (3, None, "the bytes are not UTF-8"),
+                   (4, None, "not valid JSON (Expecting ':' delimiter at line 4 column 5)"), (5, {"b": 2}, None)]
+
+
+def test_layout_and_file_errors(tmp_path):
+    (tmp_path / "a.json").write_text("\n  [1]")
+    (tmp_path / "b.jsonl").write_text('{"a": 1}')
+    (tmp_path / "c.txt").write_text("hello")
+    (tmp_path / "d.json").write_text("  \n")
+    assert layout(tmp_path / "a.json") == "array" and layout(tmp_path / "b.jsonl") == "jsonl"
+    with pytest.raises(MMDialogError, match=r"c\.txt: neither a JSON array nor JSON Lines"):
+        layout(tmp_path / "c.txt")
+    with pytest.raises(MMDialogError, match=r"d\.json: the file is empty"):
+        layout(tmp_path / "d.json")
+    with pytest.raises(MMDialogError, match="data file not found"):
+        list(iter_records(tmp_path / "nope.json"))
+
+
+@pytest.mark.parametrize("kind", ["array", "jsonl"])
+def test_records_are_read_as_the_file_is_read_not_after(tmp_path, kind):
+    """Streaming: records come while the file is being read. Emptying the file after the first record
+    leaves the reader only what its buffers already held: a whole-file reader would still yield all."""
+    n = 5000
+    path = tmp_path / "big.json"
+    if kind == "array":
+        path.write_text("[" + ",\n".join(json.dumps({"i": i}) for i in range(n)) + "]")
+    else:
+        path.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(n)))
+    reader = iter_json_array(path, chunk_size=256) if kind == "array" else iter_jsonl(path)
+    assert next(reader).value == {"i": 0}
+    path.write_text("")  # truncates the file the reader still has open
+    rest = list(reader)
+    assert len(rest) < n // 4
