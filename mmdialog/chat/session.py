@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -46,6 +47,7 @@ class Reply:
     cached_tokens: int = 0  # of those, the ones reused from the cache (not prefilled)
     images_encoded: int = 0  # images this reply had to encode (not found in the media cache)
     completion_tokens: int = 0  # tokens sampled, <|end|> included when it ended the reply
+    first_token_s: float = 0.0  # seconds from the call to the first sampled token (prefill included)
 
 
 
@@ -224,16 +226,18 @@ class ChatSession:
 
     def _start(self, before: dict, sampling: SamplingParams | None, commit: bool) -> ReplyStream:
         params = (sampling or self.sampling).validate()
+        t0 = time.perf_counter()
         try:
             reply = Reply()
             logits = self.prefill(reply)
         except BaseException:
             self._restore(before)
             raise
-        return ReplyStream(self._decode(before, params, logits, reply, commit), reply, lambda: self._restore(before))
+        return ReplyStream(self._decode(before, params, logits, reply, commit, t0), reply,
+                           lambda: self._restore(before))
 
     def _decode(self, before: dict, params: SamplingParams, logits: torch.Tensor, reply: Reply,
-                commit: bool) -> Iterator[str]:
+                commit: bool, t0: float) -> Iterator[str]:
         tok = self.processor.tokenizer
         sampler = Sampler(params, self.banned)
         stream = TextStream(tok.decode, params.stop)
@@ -244,6 +248,8 @@ class ChatSession:
             reply.finish_reason = "length"
             for step in range(min(params.max_new_tokens, room)):
                 nxt = sampler(logits, ids)
+                if step == 0:
+                    reply.first_token_s = time.perf_counter() - t0
                 reply.completion_tokens += 1
                 if nxt == tok.end_id:
                     reply.finish_reason = "stop"
