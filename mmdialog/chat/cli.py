@@ -15,7 +15,8 @@ from mmdialog.errors import MMDialogError
 HELP = """commands:
   /image PATH          attach an image to your next message (several may be attached)
   /audio PATH          attach audio (not available yet: no model here encodes audio)
-  /policy NAME [ARG]   context policy: full | last_k K | token_budget TOKENS | summary KEEP
+  /policy NAME [ARG]   context policy: full | last_k K [STEP] | token_budget TOKENS | summary KEEP [STEP]
+                       (STEP > 1 drops old rounds STEP at a time, so the cache survives between cuts)
   /undo                remove your last message and its reply
   /retry               regenerate the last reply
   /reset               start a new conversation
@@ -94,8 +95,7 @@ class ChatCLI:
             if not arg:
                 self.say(f"(policy: {s.policy.describe()})")
                 return None
-            pname, _, parg = arg.partition(" ")
-            s.set_policy(make_policy(pname, parg.strip() or None))
+            s.set_policy(make_policy(*arg.split()))
             self.say(f"(policy: {s.policy.describe()})")
         elif name == "/undo":
             s.undo()

@@ -41,6 +41,15 @@ def split_rounds(conv: Conversation) -> tuple[list[Turn], list[list[Turn]]]:
     return head, rounds
 
 
+def first_kept(n_rounds: int, keep: int, step: int) -> int:
+    """Index of the first round kept when at least `keep` of `n_rounds` must stay and the cut moves `step` rounds
+    at a time. step 1 keeps exactly `keep`; a larger step keeps between keep and keep + step - 1 rounds, and
+    the cut (and so the re-prefill after it) happens only every `step` rounds: the cache is reused in between."""
+    if n_rounds <= keep:
+        return 0
+    return (n_rounds - keep) // step * step
+
+
 def join(head: list[Turn], rounds: list[list[Turn]], meta: dict) -> Conversation:
     return Conversation(head + [t for r in rounds for t in r], dict(meta))
 
@@ -67,21 +76,26 @@ class Full(Policy):
 
 @POLICIES.register("last_k")
 class LastK(Policy):
-    """The system prompt and the last k rounds (the round being answered counts as one)."""
+    """The system prompt and the last k rounds (the round being answered counts as one).
+
+    step > 1 drops old rounds `step` at a time (keeping k to k + step - 1 rounds), so that the cache
+    survives the turns between two cuts; step 1 re-prefills the window on every turn once it slides.
+    """
 
     name = "last_k"
 
-    def __init__(self, k: int = 4):
+    def __init__(self, k: int = 4, step: int = 1):
         if not isinstance(k, int) or k < 1:
             raise MMDialogError(f"last_k needs k >= 1 rounds, got {k!r}")
-        self.k = k
+        self.k, self.step = k, _step(step)
 
     def apply(self, conv, count=None):
         head, rounds = split_rounds(conv)
-        return conv if len(rounds) <= self.k else join(head, rounds[-self.k:], conv.meta)
+        start = first_kept(len(rounds), self.k, self.step)
+        return conv if start == 0 else join(head, rounds[start:], conv.meta)
 
     def describe(self):
-        return f"last_k {self.k}"
+        return f"last_k {self.k}" + (f" {self.step}" if self.step > 1 else "")
 
 
 @POLICIES.register("token_budget")
@@ -139,11 +153,11 @@ class Summary(Policy):
 
     name = "summary"
 
-    def __init__(self, keep: int = 4, words: int = 12, max_chars: int = 400,
+    def __init__(self, keep: int = 4, step: int = 1, words: int = 12, max_chars: int = 400,
                  summarize: Callable[[list[Turn]], str] | None = None):
         if not isinstance(keep, int) or keep < 1:
             raise MMDialogError(f"summary needs keep >= 1 rounds, got {keep!r}")
-        self.keep, self.words, self.max_chars = keep, words, max_chars
+        self.keep, self.step, self.words, self.max_chars = keep, _step(step), words, max_chars
         self.summarize = summarize or self.extractive
 
     def extractive(self, turns: list[Turn]) -> str:
@@ -164,31 +178,39 @@ class Summary(Policy):
 
     def apply(self, conv, count=None):
         head, rounds = split_rounds(conv)
-        if len(rounds) <= self.keep:
+        start = first_kept(len(rounds), self.keep, self.step)
+        if start == 0:
             return conv
-        old = [t for r in rounds[: -self.keep] for t in r]
+        old = [t for r in rounds[:start] for t in r]
         summary = Turn("system", [Text("Earlier in this conversation:\n" + self.summarize(old))])
-        return join(head + [summary], rounds[-self.keep:], conv.meta)
+        return join(head + [summary], rounds[start:], conv.meta)
 
     def describe(self):
-        return f"summary {self.keep}"
+        return f"summary {self.keep}" + (f" {self.step}" if self.step > 1 else "")
 
 
-def make_policy(name: str, arg: str | int | None = None) -> Policy:
-    """A policy from its name and one optional number, as `/policy NAME [ARG]` and `--policy NAME[:ARG]` give them."""
+def _step(step) -> int:
+    if not isinstance(step, int) or step < 1:
+        raise MMDialogError(f"a policy's step must be >= 1 rounds, got {step!r}")
+    return step
+
+
+def make_policy(name: str, *args: str | int | None) -> Policy:
+    """A policy from its name and optional whole numbers, as `/policy NAME [ARG [STEP]]` and
+    `--policy NAME[:ARG[:STEP]]` give them: last_k K [STEP], token_budget TOKENS, summary KEEP [STEP]."""
     cls = POLICIES.get(name)
-    if arg is None or arg == "":
-        return cls()
-    if cls is Full:
-        raise MMDialogError("the full policy takes no argument")
+    args = [a for a in args if a is not None and a != ""]
+    most = {Full: 0, TokenBudget: 1}.get(cls, 2)
+    if len(args) > most:
+        raise MMDialogError(f"the {name} policy takes at most {most} number(s), got {' '.join(map(str, args))}")
     try:
-        n = int(arg)
+        numbers = [int(a) for a in args]
     except (TypeError, ValueError):
-        raise MMDialogError(f"the {name} policy takes a whole number, got {arg!r}") from None
-    return cls(n)
+        raise MMDialogError(f"the {name} policy takes whole numbers, got {' '.join(map(str, args))}") from None
+    return cls(*numbers)
 
 
 def parse_policy(spec: str) -> Policy:
-    """'full', 'last_k:4', 'token_budget:300', 'summary:2' (also with a space instead of the colon)."""
-    name, _, arg = spec.replace(" ", ":").partition(":")
-    return make_policy(name.strip(), arg.strip() or None)
+    """'full', 'last_k:4', 'last_k:4:2', 'token_budget:300', 'summary:2' (spaces work as well as colons)."""
+    name, *args = spec.replace(" ", ":").split(":")
+    return make_policy(name.strip(), *[a.strip() for a in args])

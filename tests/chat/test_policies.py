@@ -1,6 +1,6 @@
 import pytest
 
-from mmdialog.chat.policies import Full, LastK, Summary, TokenBudget, make_policy, parse_policy, split_rounds
+from mmdialog.chat.policies import Full, LastK, Summary, TokenBudget, first_kept, make_policy, parse_policy, split_rounds
 from mmdialog.data.conversation import Conversation, Image
 from mmdialog.errors import MMDialogError
 from tests.conftest import random_image
@@ -33,6 +33,15 @@ def test_last_k_keeps_the_system_prompt_and_whole_rounds():
     assert LastK(9).apply(conv) is conv and Full().apply(conv) is conv
 
 
+def test_a_step_moves_the_cut_several_rounds_at_a_time():
+    assert [first_kept(n, 2, 1) for n in range(1, 8)] == [0, 0, 1, 2, 3, 4, 5]
+    assert [first_kept(n, 2, 3) for n in range(1, 10)] == [0, 0, 0, 0, 3, 3, 3, 6, 6]  # keeps 2..4 rounds
+    kept = [len(split_rounds(LastK(2, step=3).apply(conversation(n)))[1]) for n in range(1, 10)]
+    assert kept == [1, 2, 3, 4, 2, 3, 4, 2, 3]
+    summary = Summary(2, step=3).apply(conversation(7))
+    assert len(split_rounds(summary)[1]) == 4 and summary.turns[1].text.startswith("Earlier")
+
+
 def test_token_budget_drops_media_then_rounds_and_never_the_last_round():
     conv = conversation(5)
     full = count(conv)
@@ -62,7 +71,10 @@ def test_summary_replaces_old_rounds_with_one_system_turn():
 
 def test_policies_by_name():
     assert isinstance(parse_policy("full"), Full)
-    assert parse_policy("last_k:3").k == 3 and parse_policy("last_k 3").k == 3
+    assert parse_policy("last_k:3").k == 3 and parse_policy("last_k 3").k == 3 and parse_policy("last_k:3:2").step == 2
+    assert parse_policy("summary:2:4").describe() == "summary 2 4"
+    with pytest.raises(MMDialogError, match="at most 1 number"):
+        parse_policy("token_budget:100:2")
     assert make_policy("token_budget", "200").budget == 200 and make_policy("summary", 2).keep == 2
     with pytest.raises(MMDialogError, match="unknown context policy 'lastk'; known: full, last_k, summary, token_budget"):
         parse_policy("lastk")

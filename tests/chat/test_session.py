@@ -79,12 +79,13 @@ def test_streaming_pieces_join_to_the_reply(tiny):
     assert stream.reply.prompt_tokens > proc.image_tokens
 
 
-@pytest.mark.parametrize("policy", [LastK(2), TokenBudget(90), TokenBudget(60, drop_media_first=False), Summary(2)],
-                         ids=["last_k", "token_budget", "token_budget_keep_media", "summary"])
+@pytest.mark.parametrize("policy", [LastK(2), LastK(2, step=3), TokenBudget(90), TokenBudget(60, drop_media_first=False),
+                                    Summary(2), Summary(1, step=2)],
+                         ids=["last_k", "last_k_step", "token_budget", "token_budget_keep_media", "summary", "summary_step"])
 def test_policy_reply_equals_a_fresh_session_on_the_truncated_conversation(tiny, policy):
     model, proc = tiny
     session = ChatSession(model, proc, sampling=GREEDY, policy=policy)
-    truncated = 0
+    truncated = reused = 0
     for t in range(8):
         session.add("user", *user_parts(t))
         ctx = session.context()
@@ -94,8 +95,11 @@ def test_policy_reply_equals_a_fresh_session_on_the_truncated_conversation(tiny,
         expected = fresh.generate(commit=False)
         assert expected == scratch_reply(model, proc, ctx, GREEDY), f"turn {t}"
         assert session.generate() == expected, f"turn {t}"
+        reused += t > 0 and session.last.cached_tokens >= session.last.prompt_tokens // 2
         assert session.count_tokens(ctx) <= getattr(policy, "budget", 10**9)
     assert truncated >= 3  # the policy did drop something on most turns
+    if getattr(policy, "step", 1) > 1:  # between two cuts the cache survives: only the new turn is prefilled
+        assert reused >= 5
     assert len(session.conv.turns) == 16  # the session keeps the whole conversation; only the context shrinks
 
 
