@@ -179,12 +179,10 @@ class ChatSession:
         self.conv.turns = self.conv.turns[: idx[-1]]
         return removed
 
-    def _pop_reply(self) -> list:
+    def _pop_reply(self) -> None:
         if not self.conv.turns or self.conv.turns[-1].role != "assistant":
             raise MMDialogError("nothing to regenerate: the last turn is not an assistant reply")
-        turns = list(self.conv.turns)
-        self.conv.turns = turns[:-1]
-        return turns
+        self.conv.turns = self.conv.turns[:-1]
 
     # -- generation --------------------------------------------------------------------------------
     def ask(self, *parts: Part | str, sampling: SamplingParams | None = None) -> str:
@@ -213,6 +211,7 @@ class ChatSession:
         return self._start(self._snapshot(), sampling, commit=commit).text()
 
     def generate_stream(self, commit: bool = True, sampling: SamplingParams | None = None) -> ReplyStream:
+        """generate() as a stream of text pieces; the prefill runs now, so its errors raise here."""
         return self._start(self._snapshot(), sampling, commit=commit)
 
     def context(self) -> Conversation:
