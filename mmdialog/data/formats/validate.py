@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
 
 from mmdialog.data.conversation import Audio, Conversation, Image, Text, Video
 from mmdialog.data.formats.common import (
@@ -93,11 +92,10 @@ def _check_image(im: Image, where: str) -> None:
         return
     if not Path(im.path).is_file():
         raise _missing("image", im.path, where)
-    try:  # decode without keeping the pixels: the processor loads them again when it needs them
-        with PILImage.open(im.path) as f:
-            f.load()
-    except Exception as e:  # PIL raises many types for broken files
-        raise RecordError(UNDECODABLE, f"{where}: image {im.path}: {e}") from None
+    try:  # the part keeps the pixels, so the processor does not decode the file again
+        im.load()
+    except MMDialogError as e:
+        raise RecordError(UNDECODABLE, f"{where}: {e}") from None
 
 
 AUDIO = ("wav", "flac", "mp3", "ogg", "mp4", "webm")

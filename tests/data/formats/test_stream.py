@@ -42,6 +42,13 @@ def test_truncated_and_trailing_text_are_reported(tmp_path):
     assert got[1].line == 3 and "after the array's closing ']'" in got[1].error
 
 
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_bad_bytes_in_an_array_item(tmp_path, chunk):
+    (tmp_path / "a.json").write_bytes(b'[{"a": "\xff"},\n {"a": 2}, 12345]')
+    got = [(r.line, r.value, r.error) for r in iter_json_array(tmp_path / "a.json", chunk_size=chunk)]
+    assert got == [(1, None, "the bytes are not UTF-8"), (2, {"a": 2}, None), (2, 12345, None)]
+
+
 def test_jsonl_lines_blank_lines_and_bad_bytes(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(b'{"a": 1}\n\n{"a": "\xff"}\n{"a"\n  {"b": 2}\r\n')
     got = [(r.line, r.value, r.error) for r in iter_jsonl(tmp_path / "a.jsonl")]
