@@ -17,6 +17,7 @@ from safetensors import safe_open
 from mmdialog.cli import main
 from mmdialog.data.collate import Collator
 from mmdialog.data.formats import DataFile
+from mmdialog.errors import MMDialogError
 from mmdialog.export import INDEX, load_any
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,3 +157,35 @@ def test_eval_and_chat_take_an_export(capsys, trained, tmp_path):
                        input="What colour?\n/quit\n", capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0 and r.stdout.count("bot> ") == 1, r.stderr
+
+
+def test_shard_sizes_parse_as_hugging_face_counts_them():
+    from mmdialog.export import parse_size
+
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("200MiB") == 200 * 2**20 and parse_size("2048") == 2048
+    assert parse_size(" 1.5 kb ") == 1500
+    for bad in ["", "5 parsecs", "0", "-1MB"]:
+        with pytest.raises(MMDialogError, match="--max-shard-size"):
+            parse_size(bad)
+
+
+def test_a_damaged_export_is_named(trained, tmp_path):
+    from mmdialog.export import export, load_export
+
+    out = tmp_path / "e"
+    export(trained / "checkpoint", out, max_shard_size="60KB")
+    index = json.loads((out / INDEX).read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    index["weight_map"] = {k: ("../" + v if v == first else v) for k, v in index["weight_map"].items()}
+    (out / INDEX).write_text(json.dumps(index))
+    with pytest.raises(MMDialogError, match=r"names the weight file '\.\./model-00001"):
+        load_export(out)
+    (out / first).unlink()
+    index["weight_map"] = {k: v.removeprefix("../") for k, v in index["weight_map"].items()}
+    (out / INDEX).write_text(json.dumps(index))
+    with pytest.raises(MMDialogError, match="model-00001-of-.*which is not in"):
+        load_export(out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
+    with pytest.raises(MMDialogError, match="has format 'something-else'"):
+        load_export(out)
