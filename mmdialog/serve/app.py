@@ -179,9 +179,9 @@ def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
           cache_mb: int = 512, max_body_mb: float = 16, max_images: int = 8) -> None:
     import uvicorn
 
-    from mmdialog.train.checkpoint import load_checkpoint
+    from mmdialog.export import load_any
 
-    ck = load_checkpoint(checkpoint)
+    ck = load_any(checkpoint)  # a training checkpoint or an export
     name = model_name or "mmdialog"
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_new_tokens=max_new_tokens)
     app = create_app(ck.model, ck.processor, model_name=name, api_key=api_key, allow_dir=allow_dir, limits=limits,
