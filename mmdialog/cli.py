@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
     sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health "
-                                      "(default: $MMDIALOG_API_KEY, else none)")
+    sp.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the /v1 endpoints; /health and the page "
+                                      "at / (which asks for the key) stay open (default: $MMDIALOG_API_KEY, else none)")
     sp.add_argument("--allow-dir", help="let requests name local image files under this directory (default: none)")
     sp.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: mmdialog)")
     sp.add_argument("--max-new-tokens", type=int, default=64, help="reply length when a request gives no max_tokens")
