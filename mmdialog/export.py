@@ -28,7 +28,7 @@ from mmdialog.config import config_from_dict, to_dict
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import BOS, END, PAD, SPECIAL_TOKENS, ChatTokenizer
 from mmdialog.errors import MMDialogError
-from mmdialog.model import MultimodalLM, build_model
+from mmdialog.model import build_model
 from mmdialog.train.checkpoint import Loaded, load_checkpoint
 
 FORMAT = "mmdialog-export/1"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from mmdialog.data.conversation import Audio, Conversation, Image, Text, Video
+from mmdialog.data.conversation import Audio, Conversation, Image, Video
 from mmdialog.data.formats import Checks, DataFile, MediaRoot, RecordError, openai
 from mmdialog.data.formats.stream import iter_records
 from mmdialog.errors import MMDialogError
