@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Export a checkpoint to a directory in the Hugging Face layout: config.json, "
                                     "model.safetensors (sharded past --max-shard-size, with "
                                     "model.safetensors.index.json), tokenizer.json, tokenizer_config.json, "
-                                    "chat_template.jinja. eval, chat and data check take the directory as --checkpoint.")
+                                    "chat_template.jinja. eval, chat, serve and data check take the directory as --checkpoint.")
     sp.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or an earlier export)")
     sp.add_argument("--out", required=True, help="directory to write (replaced only if empty or an earlier export)")
     sp.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB, 500MB, 200MiB (default: 5GB)")

@@ -8,7 +8,7 @@
     DIR/tokenizer.json, tokenizer_config.json, chat_template.jinja
 
 Tied weights (the decoder's embedding and LM head) are stored once and listed in config.json's
-`tied_weights`. `load_any` takes an export or a checkpoint (`mmdialog eval`, `chat` and `data check` use it).
+`tied_weights`. `load_any` takes an export or a checkpoint (`mmdialog eval`, `chat`, `serve` and `data check` use it).
 """
 
 from __future__ import annotations
