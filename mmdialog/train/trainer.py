@@ -154,7 +154,7 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: C
             opt.step()
             step += 1
             tokens += int(batch["attention_mask"].sum())
-            loss = float(out.loss)
+            loss = out.loss.item()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.2e}); lower train.lr")
             ema = loss if ema is None else 0.9 * ema + 0.1 * loss
