@@ -10,13 +10,16 @@ The file format is described in FORMAT.md next to this file.
 
 from mmdialog.data.worlds.shapes.check import check_record
 from mmdialog.data.worlds.shapes.dialogue import generate_dialogue
+from mmdialog.data.worlds.shapes.heldout import HELDOUT_SPLITS, heldout_pairs, paraphrases, touches_pairs
 from mmdialog.data.worlds.shapes.io import (
-    SPLITS, generate_world, load_split, make_dialogue, record_to_conversation, summarize, validate_record,
+    SPLITS, generate_world, heldout_info, load_split, make_dialogue, record_to_conversation, summarize,
+    validate_record,
 )
 from mmdialog.data.worlds.shapes.render import render
 from mmdialog.data.worlds.shapes.scene import Scene, sample_scene
 
 __all__ = [
-    "SPLITS", "Scene", "check_record", "generate_dialogue", "generate_world", "load_split", "make_dialogue",
-    "record_to_conversation", "render", "sample_scene", "summarize", "validate_record",
+    "HELDOUT_SPLITS", "SPLITS", "Scene", "check_record", "generate_dialogue", "generate_world", "heldout_info",
+    "heldout_pairs", "load_split", "make_dialogue", "paraphrases", "record_to_conversation", "render",
+    "sample_scene", "summarize", "touches_pairs", "validate_record",
 ]

@@ -1,7 +1,8 @@
 """Replay a dialogue record and prove every round right.
 
 `check_record` rebuilds the dialogue state from the scene and the round programs and
-checks, round by round: the words (question_text), the answer (answer_of), that each
+checks, round by round: the words (question_text, or one of its held-out `paraphrases` in a record
+marked "templates": "paraphrase"), the answer (answer_of), that each
 reference resolves to the program's object (a unique description in the image, the
 previous focus, the name given earlier, an earlier object for "we talked about
 earlier"), and that depends_on, distance and scored say what the round needs.
@@ -10,6 +11,7 @@ earlier"), and that depends_on, distance and scored say what the round needs.
 from __future__ import annotations
 
 from mmdialog.data.worlds.shapes.dialogue import CAPTION_QUESTION, FAR_FORMS, answer_of, question_text
+from mmdialog.data.worlds.shapes.heldout import paraphrases
 from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, Scene
 from mmdialog.errors import MMDialogError
 
@@ -23,6 +25,7 @@ def check_record(record: dict) -> None:
     known: list[set[str]] = [set() for _ in objs]
     names: dict[str, tuple[int, dict, int]] = {}  # name -> (object, description, round)
     named: dict[int, str] = {}
+    paraphrased = record.get("templates") == "paraphrase"  # a held-out split's wordings (heldout.py)
 
     for i, rd in enumerate(record["rounds"]):
         def fail(msg: str):
@@ -38,7 +41,10 @@ def check_record(record: dict) -> None:
         op = p["op"]
         if rd["round"] != i:
             fail(f"round index is {rd['round']}")
-        if rd["question"] != question_text(p, ref):
+        if paraphrased:
+            if rd["question"] not in paraphrases(p, ref):
+                fail(f"question should read one of {paraphrases(p, ref)!r}")
+        elif rd["question"] != question_text(p, ref):
             fail(f"question should read {question_text(p, ref)!r}")
         if rd["answer"] != answer_of(p, scene, named):
             fail(f"answer {rd['answer']!r} should be {answer_of(p, scene, named)!r}")

@@ -19,6 +19,9 @@ from mmdialog.data.conversation import Conversation, Image, Text
 from mmdialog.data.worlds.shapes.dialogue import (
     CAPTION_QUESTION, FAMILIES, MAX_NAMES, NAMES, REFS, TEMPLATE_WEIGHTS, generate_dialogue,
 )
+from mmdialog.data.worlds.shapes.heldout import (
+    DESCRIPTIONS, HELDOUT_SPLITS, KINDS, SPLIT_IDS, heldout_pairs, paraphrase_record, parse_kinds,
+)
 from mmdialog.data.worlds.shapes.render import encode_png, render
 from mmdialog.data.worlds.shapes.scene import (
     COLOURS, GRID, MAX_OBJECTS, MIN_OBJECTS, POSITIONS, SHAPES, SIZES, Draws, check_image_size, sample_scene,
@@ -30,19 +33,24 @@ VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
-def make_dialogue(seed: int, split: str, index: int, *, image_size: int = 64,
-                  rounds: int = 8) -> tuple[dict, PILImage.Image]:
-    """One record and its image, in memory. Depends only on (seed, split, index, image_size, rounds).
+def make_dialogue(seed: int, split: str, index: int, *, image_size: int = 64, rounds: int = 8,
+                  exclude_pairs=None, require_pairs=None, paraphrase: bool = False) -> tuple[dict, PILImage.Image]:
+    """One record and its image, in memory. Depends only on (seed, split, index, image_size, rounds) and
+    the held-out options (heldout.py; all off by default).
 
     Each dialogue draws from its own generator, seeded with [seed, split number, index]:
     the files do not depend on generation order, and a smaller world's splits are
     prefixes of a larger one's with the same seed.
     """
-    draws = Draws(np.random.default_rng([seed, SPLITS.index(split), index]))
-    scene = sample_scene(draws, image_size)
+    if split not in SPLIT_IDS:
+        raise MMDialogError(f"unknown split {split!r}; the shapes world has {list(SPLIT_IDS)}")
+    draws = Draws(np.random.default_rng([seed, SPLIT_IDS[split], index]))
+    scene = sample_scene(draws, image_size, exclude_pairs=exclude_pairs, require_pairs=require_pairs)
     rid = f"{split}-{index:05d}"
     record = {"id": rid, "image": f"images/{split}/{rid}.png", "scene": scene.to_dict(),
               "rounds": generate_dialogue(scene, draws, rounds)}
+    if paraphrase:  # its own generator: the scene and the programs stay those of the unparaphrased draw
+        record = paraphrase_record(record, Draws(np.random.default_rng([seed, SPLIT_IDS[split], index, 1])))
     return record, render(scene)
 
 
@@ -86,10 +94,16 @@ class _Tally:
 
 
 def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, rounds: int = 8,
-                   splits=(0.8, 0.1, 0.1), progress: bool = True) -> dict:
+                   splits=(0.8, 0.1, 0.1), progress: bool = True, held_out=(),
+                   held_out_dialogues: int | None = None, long_rounds: int | None = None) -> dict:
     """Write a world of `dialogues` dialogues to out_dir; the same arguments give the same bytes.
 
-    Returns {"counts": {split: n}, "questions", "by_distance", "by_family", "by_ref", "seconds"}.
+    held_out: kinds of held-out test splits to add ("long", "combos", "paraphrase"; see heldout.py), each of
+    held_out_dialogues dialogues (default: the test split's count); long_rounds: rounds of test_long
+    (default and minimum: 2 x rounds). Without held_out the files are exactly those of earlier versions.
+
+    Returns {"counts": {split: n}, "questions", "by_distance", "by_family", "by_ref", "seconds"}, plus
+    "heldout": {split: n} with held-out splits.
     """
     from tqdm import tqdm
 
@@ -101,24 +115,38 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
         raise MMDialogError(f"rounds must be a positive integer, got {rounds!r}")
     check_image_size(image_size)
     counts = split_counts(dialogues, splits)
+    kinds = parse_kinds(held_out)
+    n_held = counts["test"] if held_out_dialogues is None else held_out_dialogues
+    long_rounds = 2 * rounds if long_rounds is None else long_rounds
+    if kinds and (not isinstance(n_held, int) or n_held < 1):
+        raise MMDialogError(f"held_out_dialogues must be a positive integer, got {n_held!r}")
+    if "long" in kinds and (not isinstance(long_rounds, int) or long_rounds < 2 * rounds):
+        raise MMDialogError(f"long_rounds must be at least twice the training rounds (2 x {rounds}), got {long_rounds!r}")
+    pairs = heldout_pairs(seed) if "combos" in kinds else None
+    options = {split: {"rounds": rounds, "exclude_pairs": pairs} for split in SPLITS}
+    options.update({KINDS[k]: {"rounds": long_rounds if k == "long" else rounds, "require_pairs": pairs if k == "combos" else None,
+                               "paraphrase": k == "paraphrase"} for k in kinds})
     out = Path(out_dir)
     start = time.perf_counter()
     tally = _Tally()
-    with tqdm(total=dialogues, disable=not progress, desc="shapes world", unit="dialogue") as bar:
-        for split in SPLITS:
+    total = dialogues + n_held * len(kinds)
+    with tqdm(total=total, disable=not progress, desc="shapes world", unit="dialogue") as bar:
+        for split, opts in options.items():
+            n = counts.get(split, n_held)
             img_dir = out / "images" / split
             img_dir.mkdir(parents=True, exist_ok=True)
             ours = re.compile(rf"{split}-(\d+)\.png")
             for p in img_dir.iterdir():  # images of an earlier, larger world in the same place
                 m = ours.fullmatch(p.name)
-                if m and int(m[1]) >= counts[split]:
+                if m and int(m[1]) >= n:
                     p.unlink()
             with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
-                for i in range(counts[split]):
-                    record, image = make_dialogue(seed, split, i, image_size=image_size, rounds=rounds)
+                for i in range(n):
+                    record, image = make_dialogue(seed, split, i, image_size=image_size, **opts)
                     (out / record["image"]).write_bytes(encode_png(image))
                     f.write(json.dumps(record, sort_keys=True) + "\n")
-                    tally.add(record["rounds"])
+                    if split in SPLITS:
+                        tally.add(record["rounds"])
                     bar.update(1)
     stats = tally.summary()
     world = {
@@ -131,8 +159,24 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
                        "families": list(FAMILIES), "refs": list(REFS)},
         "stats": stats,
     }
+    if kinds:  # only then: a default world.json keeps its bytes
+        world["heldout"] = {"splits": {KINDS[k]: {"count": n_held, "rounds": options[KINDS[k]]["rounds"],
+                                                  "description": DESCRIPTIONS[KINDS[k]]} for k in kinds}}
+        if pairs:
+            world["heldout"]["pairs"] = [list(p) for p in pairs]
     (out / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return {"counts": counts, **stats, "seconds": round(time.perf_counter() - start, 3)}
+    summary = {"counts": counts, **stats, "seconds": round(time.perf_counter() - start, 3)}
+    if kinds:
+        summary["heldout"] = {KINDS[k]: n_held for k in kinds}
+    return summary
+
+
+def heldout_info(world_dir) -> dict:
+    """world.json's "heldout" section ({} for a world without held-out splits or without world.json)."""
+    try:
+        return json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8")).get("heldout", {})
+    except (OSError, ValueError):
+        return {}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -205,8 +249,9 @@ def _validate(rec) -> None:
 
 def load_split(world_dir, split: str) -> list[dict]:
     """The records of one split, each validated; a bad line raises MMDialogError naming file, line and field."""
-    if split not in SPLITS:
-        raise MMDialogError(f"unknown split {split!r}; the shapes world has {list(SPLITS)}")
+    if split not in SPLIT_IDS:
+        raise MMDialogError(f"unknown split {split!r}; the shapes world has {list(SPLITS)} "
+                            f"and may have the held-out {list(HELDOUT_SPLITS)}")
     path = Path(world_dir) / f"{split}.jsonl"
     try:
         text = path.read_text(encoding="utf-8")

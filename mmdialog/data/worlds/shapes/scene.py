@@ -136,8 +136,13 @@ def check_image_size(image_size: int) -> None:
         raise MMDialogError(f"image_size must be an integer >= 32 divisible by {GRID}, got {image_size!r}")
 
 
-def sample_scene(draws: Draws, image_size: int = 64) -> Scene:
-    """A random scene: 3-7 objects in distinct cells, uniform attributes, small centre jitter."""
+def sample_scene(draws: Draws, image_size: int = 64, *, exclude_pairs=None, require_pairs=None) -> Scene:
+    """A random scene: 3-7 objects in distinct cells, uniform attributes, small centre jitter.
+
+    Held-out attribute combinations (see heldout.py); both default to None, which draws exactly as before:
+    exclude_pairs: (shape, colour) pairs no object may have (its colour is drawn again);
+    require_pairs: at least one object has one of these pairs (if none drew one, a drawn object gets one).
+    """
     check_image_size(image_size)
     cell = image_size // GRID
     jit = jitter_px(image_size)
@@ -147,8 +152,15 @@ def sample_scene(draws: Draws, image_size: int = 64) -> Scene:
     for c in cells:
         row, col = divmod(c, GRID)
         shape, colour, size = draws.choice(SHAPES), draws.choice(VALUES["colour"]), draws.choice(SIZES)
+        while exclude_pairs and (shape, colour) in exclude_pairs:
+            colour = draws.choice(VALUES["colour"])
         x = col * cell + cell // 2 + draws.below(2 * jit + 1) - jit
         y = row * cell + cell // 2 + draws.below(2 * jit + 1) - jit
         objs.append(Obj(shape, colour, size, row, col, x, y))
+    if require_pairs and not any((o.shape, o.colour) in require_pairs for o in objs):
+        j = draws.below(len(objs))
+        shape, colour = draws.choice(sorted(require_pairs))
+        o = objs[j]
+        objs[j] = Obj(shape, colour, o.size, o.row, o.col, o.x, o.y)
     background = BACKGROUND + draws.below(2 * BACKGROUND_JITTER + 1) - BACKGROUND_JITTER
     return Scene(image_size, tuple(objs), background)
