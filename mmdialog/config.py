@@ -30,7 +30,22 @@ class ImageEncoderConfig:
 
 @dataclass
 class FusionConfig:
-    name: str = "concat"  # project media tokens into the decoder's embedding slots of their placeholders
+    """One section for every fusion; a fusion takes only the fields it uses (setting another one is an error).
+
+    concat: media tokens projected into their placeholders' slots. cross_attention: gated cross-attention
+    before every `every`-th decoder layer (one slot per item). interactive: `layers` co-attention layers
+    between text and media before the decoder. hierarchical: encoder `levels` concatenated per token.
+    dynamic: an input-conditioned gate weighs `levels` and the modality per item. resampler: `layers`
+    Perceiver layers squeeze every item into `num_queries` tokens.
+    """
+
+    name: str = "concat"
+    heads: int = 4  # cross_attention, interactive, resampler
+    every: int = 1  # cross_attention: a gated cross-attention layer before decoder layers 0, every, 2*every, ...
+    layers: int = 1  # interactive: co-attention layers; resampler: Perceiver layers
+    num_queries: int = 8  # resampler: tokens each media item becomes
+    levels: tuple[int, ...] = (0, -1)  # hierarchical, dynamic: encoder levels (0: the embedding, -1: the last)
+    gate_init: float = 0.0  # cross_attention, interactive: tanh gates start at tanh(gate_init); 0 = closed
 
 
 @dataclass
@@ -47,11 +62,18 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    path: str = ""  # hf: a local directory holding config.json and *.safetensors of an AutoModelForCausalLM
+    hf_config: dict[str, Any] = field(default_factory=dict)  # hf: {model_type: llama, ...} to build one untrained
 
 
 @dataclass
 class ModelConfig:
+    """The image encoder is `image` (the original key) unless `encoders` names one; `encoders` maps a modality
+    (image, audio, video) to {name: <registered encoder>, <its keyword arguments>...}, checked against the
+    encoder's signature when the model is built."""
+
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -125,6 +147,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise MMDialogError(f"config key {key!r} must be a mapping, got {value!r}")
         return _from_dict(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MMDialogError(f"config key {key!r} must be a mapping, got {value!r}")
+        val_tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {str(k): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_convert(v, item_tp, key) for v in value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -159,6 +191,36 @@ def _from_dict(cls, data: dict, prefix: str = ""):
         if k not in names:
             raise MMDialogError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(names))}")
         kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def build_part(registry, spec: dict[str, Any], where: str, **given):
+    """Build a registered part from a config mapping {name: ..., <keyword arguments>}.
+
+    The keyword arguments are checked against the part's signature: unknown keys, missing ones and
+    wrong types are errors naming `where.key`. `given` are arguments the builder supplies itself
+    (sizes of other parts); they are passed only where the signature takes them.
+    """
+    import inspect
+
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not name:
+        raise MMDialogError(f"config key {where}.name is missing; known {registry.kind}s: {', '.join(registry.names())}")
+    cls = registry.get(str(name))
+    params = inspect.signature(cls).parameters
+    hints = typing.get_type_hints(cls.__init__) if inspect.isclass(cls) else typing.get_type_hints(cls)
+    takes = {k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(spec) - takes)
+    if unknown:
+        raise MMDialogError(f"unknown config key {where}.{unknown[0]}; {registry.kind} {name!r} takes: "
+                            f"{', '.join(sorted(takes - set(given))) or 'nothing'}")
+    kwargs = {k: _convert(v, hints.get(k, Any), f"{where}.{k}") for k, v in spec.items()}
+    kwargs.update({k: v for k, v in given.items() if k in takes and k not in kwargs})
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in kwargs
+               and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if missing:
+        raise MMDialogError(f"config key {where}.{missing[0]} is required by {registry.kind} {name!r}")
     return cls(**kwargs)
 
 

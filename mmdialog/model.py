@@ -1,13 +1,14 @@
 """MultimodalLM: media encoders + a fusion + a causal decoder, composed (never subclassed).
 
-    images (N, 3, H, W) --encoders--> media {"image": (N, T_img, d_img)}
-    input_ids (B, T) --decoder.embed--> (B, T, D) --fusion: media tokens into placeholder slots--> (B, T, D)
-    --decoder blocks--> hidden (B, T, D) --lm head at supervised positions--> loss
+    images (N, 3, H, W), audios (N, S), videos (N, F, 3, H, W) --encoders--> media {"image": (N, T_img, d_img), ...}
+    input_ids (B, T) --decoder.embed--> (B, T, D) --fusion (e.g. media tokens into placeholder slots)--> (B, T, D)
+    --decoder blocks (a fusion may add layers between them)--> hidden (B, T, D) --lm head at supervised positions--> loss
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn as nn
 import mmdialog.decoders  # noqa: F401  (registers the decoders)
 import mmdialog.encoders  # noqa: F401  (registers the encoders)
 import mmdialog.fusion  # noqa: F401  (registers the fusions)
-from mmdialog.config import ModelConfig
+from mmdialog.config import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, build_part
 from mmdialog.errors import MMDialogError
 from mmdialog.modules import KVCache
 from mmdialog.objectives import IGNORE_INDEX, lm_loss, shift_labels
@@ -31,6 +32,9 @@ class ModelOutput:
     num_target_tokens: int  # supervised targets the loss averages over (0 without labels)
 
 
+MEDIA_INPUTS = {"image": "images", "audio": "audios", "video": "videos"}  # modality -> forward() argument
+
+
 class MultimodalLM(nn.Module):
     def __init__(self, *, encoders: dict[str, nn.Module], fusion: nn.Module, decoder: nn.Module,
                  placeholder_ids: dict[str, int]):
@@ -41,39 +45,79 @@ class MultimodalLM(nn.Module):
         self.placeholder_ids = dict(placeholder_ids)  # modality -> token id whose slots its media tokens fill
 
     def num_media_tokens(self, modality: str) -> int:
-        """Tokens one media item of this modality occupies in input_ids."""
+        """Tokens one media item of this modality occupies in input_ids (the fusion decides: the encoder's
+        token count for concat, 1 for cross-attention, the query count for the resampler)."""
         if modality not in self.encoders:
             raise MMDialogError(f"the model has no {modality!r} encoder; it has: {', '.join(self.encoders)}")
-        return self.encoders[modality].num_tokens
+        tokens = self.encoders[modality].num_tokens
+        slots = getattr(self.fusion, "media_slots", None)
+        return slots(modality, tokens) if slots is not None else tokens
 
-    def encode_media(self, images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Raw encoder outputs by modality, e.g. {"image": (N, T_img, d_img)}; modalities not given are absent."""
+    def encode_media(self, images: torch.Tensor | None = None, audios: torch.Tensor | None = None,
+                     videos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Raw encoder outputs by modality, e.g. {"image": (N, T_img, d_img)}; modalities not given are absent.
+
+        images (N, 3, H, W), audios (N, samples), videos (N, F, 3, H, W). A fusion that asks for encoder
+        levels gets (N, L, T, d) instead: the encoder's forward_levels at those depths.
+        """
+        levels = getattr(self.fusion, "levels", None)
         media = {}
-        if images is not None:
-            media["image"] = self.encoders["image"](images)
+        for modality, x in (("image", images), ("audio", audios), ("video", videos)):
+            if x is None:
+                continue
+            if modality not in self.encoders:
+                raise MMDialogError(f"{MEDIA_INPUTS[modality]} given but the model has no {modality} encoder; "
+                                    f"it has: {', '.join(self.encoders)}")
+            enc = self.encoders[modality]
+            media[modality] = enc.forward_levels(x, levels) if levels is not None else enc(x)
         return media
 
-    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T) ids plus encoded media -> (B, T, D) decoder inputs with media tokens in their placeholder slots."""
-        return self.fusion(self.decoder.embed(input_ids), input_ids, media, self.placeholder_ids)
+    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor], *, cache: KVCache | None = None,
+              past: int = 0) -> torch.Tensor:
+        """(B, T) ids plus encoded media -> (B, T, D) decoder inputs with media tokens in their placeholder slots.
+
+        cache/past: for a fusion that keeps state across cached passes (interactive); others ignore them.
+        """
+        token_embeds = self.decoder.embed(input_ids)
+        if getattr(self.fusion, "uses_cache", False):
+            return self.fusion(token_embeds, input_ids, media, self.placeholder_ids, cache=cache, past=past)
+        return self.fusion(token_embeds, input_ids, media, self.placeholder_ids)
+
+    def hidden(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None, *,
+               attention_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Fusion + decoder: (B, T) ids and encoded media -> final hidden states (B, T, D).
+
+        With a cache, input_ids are the positions after the cached ones, media the items whose placeholders
+        they hold; the cache (and any fusion memory in it) is appended to.
+        """
+        media = media or {}
+        past = cache.seq_len if cache is not None else 0  # before the decoder runs: it grows the cache
+        x = self.embed(input_ids, media, cache=cache, past=past)  # (B, T, D)
+        hook_fn = getattr(self.fusion, "decoder_hook", None)
+        hook = hook_fn(input_ids, media, self.placeholder_ids, cache=cache, past=past) if hook_fn else None
+        if hook is None:
+            return self.decoder(x, attention_mask=attention_mask, cache=cache)
+        return self.decoder(x, attention_mask=attention_mask, cache=cache, layer_hook=hook)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, images: torch.Tensor | None = None,
                 cache: KVCache | None = None, media_embeds: dict[str, torch.Tensor] | None = None,
-                return_logits: bool | None = None) -> ModelOutput:
-        """input_ids, attention_mask (1 = real), labels (-100 = no target): (B, T); images: (N, 3, H, W).
+                return_logits: bool | None = None, audios: torch.Tensor | None = None,
+                videos: torch.Tensor | None = None) -> ModelOutput:
+        """input_ids, attention_mask (1 = real), labels (-100 = no target): (B, T); images: (N, 3, H, W);
+        audios: (N, samples); videos: (N, F, 3, H, W).
 
-        media_embeds is a precomputed encode_media() output (a chat session encodes each image once);
+        media_embeds is a precomputed encode_media() output (a chat session encodes each item once);
         cache, when given, already holds the earlier positions and is appended to.
         return_logits defaults to True without labels and False with them.
         """
-        if images is not None and media_embeds is not None:
-            raise MMDialogError("pass images or media_embeds (their encoding), not both")
+        raw = {"images": images, "audios": audios, "videos": videos}
+        if media_embeds is not None and any(v is not None for v in raw.values()):
+            raise MMDialogError("pass images/audios/videos or media_embeds (their encoding), not both")
         if return_logits is None:
             return_logits = labels is None
-        media = media_embeds if media_embeds is not None else self.encode_media(images=images)
-        x = self.embed(input_ids, media)  # (B, T, D)
-        hidden = self.decoder(x, attention_mask=attention_mask, cache=cache)  # (B, T, D)
+        media = media_embeds if media_embeds is not None else self.encode_media(**raw)
+        hidden = self.hidden(input_ids, media, attention_mask=attention_mask, cache=cache)  # (B, T, D)
         logits = self.decoder.logits(hidden) if return_logits else None  # (B, T, V)
 
         loss, num_targets = None, 0
@@ -89,7 +133,8 @@ class MultimodalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, *, max_new_tokens: int,
-                 eos_id: int, cache: KVCache | None = None) -> list[int]:
+                 eos_id: int, cache: KVCache | None = None, audios: torch.Tensor | None = None,
+                 videos: torch.Tensor | None = None) -> list[int]:
         """Greedy continuation of one prompt (1, T): the new token ids, ending with eos_id if it was produced.
 
         The prompt is prefilled once, then each step feeds one token. Afterwards the cache (a fresh
@@ -98,12 +143,12 @@ class MultimodalLM(nn.Module):
         if input_ids.shape[0] != 1:
             raise MMDialogError(f"generate takes one prompt, shape (1, T); got {tuple(input_ids.shape)}")
         cache = KVCache() if cache is None else cache
-        hidden = self.decoder(self.embed(input_ids, self.encode_media(images=images)), cache=cache)  # (1, T, D)
+        hidden = self.hidden(input_ids, self.encode_media(images, audios, videos), cache=cache)  # (1, T, D)
         tokens: list[int] = []
         for step in range(max_new_tokens):
             if step > 0:  # feed the previous token; the last one returned is never fed
                 prev = torch.tensor([[tokens[-1]]], device=input_ids.device)  # (1, 1)
-                hidden = self.decoder(self.decoder.embed(prev), cache=cache)  # (1, 1, D)
+                hidden = self.hidden(prev, cache=cache)  # (1, 1, D): cross-attention still sees the media
             next_id = int(self.decoder.logits(hidden[0, -1]).argmax())
             tokens.append(next_id)
             if next_id == eos_id:
@@ -112,8 +157,23 @@ class MultimodalLM(nn.Module):
 
 
 def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str, int]) -> MultimodalLM:
-    """The model a ModelConfig describes: parts looked up by name in the registries, sizes from the config."""
-    encoders = {"image": ENCODERS.get(cfg.image.name)(**_sizes(cfg.image))}
+    """The model a ModelConfig describes: parts looked up by name in the registries, sizes from the config.
+
+    Encoders come from model.encoders (modality -> {name, ...}) and, for images unless encoders names one,
+    from model.image. The decoder is built first: the fusion takes its width and depth.
+    """
+    encoders = {}
+    if "image" in cfg.encoders and cfg.image != ImageEncoderConfig():
+        raise MMDialogError("the image encoder is set twice, in model.image and model.encoders.image; keep one")
+    if "image" not in cfg.encoders:
+        encoders["image"] = _build_from_fields(ENCODERS, cfg.image, ImageEncoderConfig(), "model.image")
+    for modality, spec in cfg.encoders.items():
+        if modality not in MEDIA_INPUTS:
+            raise MMDialogError(f"model.encoders.{modality}: media encoders exist for {', '.join(MEDIA_INPUTS)} "
+                                f"(text encoders are used on their own: the decoder reads the text)")
+        if not isinstance(spec, dict):
+            raise MMDialogError(f"model.encoders.{modality} must be a mapping {{name: ..., ...}}, got {spec!r}")
+        encoders[modality] = build_part(ENCODERS, spec, f"model.encoders.{modality}")
     missing = sorted(set(encoders) - set(placeholder_ids))
     if missing:
         raise MMDialogError(f"no placeholder token id for {missing}; the tokenizer gives ids for {sorted(placeholder_ids)}")
@@ -121,17 +181,37 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str,
         raise MMDialogError(
             f"model.decoder.vocab_size={cfg.decoder.vocab_size} is smaller than the tokenizer's {vocab_size} tokens"
         )
-    decoder_sizes = {**_sizes(cfg.decoder), "vocab_size": cfg.decoder.vocab_size or vocab_size}
-    fusion = FUSIONS.get(cfg.fusion.name)(
-        **_sizes(cfg.fusion), in_dims={m: enc.dim for m, enc in encoders.items()}, out_dim=cfg.decoder.dim
-    )
-    decoder = DECODERS.get(cfg.decoder.name)(**decoder_sizes)
+    def build_decoder():
+        return _build_from_fields(DECODERS, cfg.decoder, DecoderConfig(), "model.decoder",
+                                  vocab_size=cfg.decoder.vocab_size or vocab_size)
+
+    # Parts are built in the order encoders, fusion, decoder (the order their random initial weights are
+    # drawn in); the fusion needs the decoder's width and depth, which its class tells without building it.
+    sizes = getattr(DECODERS.get(cfg.decoder.name), "sizes", None)
+    decoder = None if sizes is not None else build_decoder()
+    dim, depth = sizes(cfg.decoder) if sizes is not None else (decoder.dim, decoder.num_layers)
+    fusion = _build_from_fields(FUSIONS, cfg.fusion, FusionConfig(), "model.fusion",
+                                in_dims={m: enc.dim for m, enc in encoders.items()}, out_dim=dim, num_layers=depth)
+    decoder = decoder if decoder is not None else build_decoder()
     return MultimodalLM(encoders=encoders, fusion=fusion, decoder=decoder, placeholder_ids=placeholder_ids)
 
 
-def _sizes(part_cfg) -> dict:
-    """A part's config fields as keyword arguments, without the registry name that chose the part."""
-    return {f.name: getattr(part_cfg, f.name) for f in dataclasses.fields(part_cfg) if f.name != "name"}
+def _build_from_fields(registry, part_cfg, defaults, where: str, **given):
+    """A registered part from a config dataclass: the fields its signature takes (and `given`, which
+    override them); a field it does not take is an error when set away from its default."""
+    cls = registry.get(part_cfg.name)
+    takes = set(inspect.signature(cls).parameters)
+    spec = {"name": part_cfg.name}
+    for f in dataclasses.fields(part_cfg):
+        if f.name == "name" or f.name in given:
+            continue
+        value = getattr(part_cfg, f.name)
+        if f.name in takes:
+            spec[f.name] = value
+        elif value != getattr(defaults, f.name):
+            raise MMDialogError(f"{where}.{f.name} is set but {registry.kind} {part_cfg.name!r} does not use it; "
+                                f"it takes: {', '.join(sorted(takes - set(given))) or 'nothing'}")
+    return build_part(registry, spec, where, **given)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,7 +30,7 @@ import torch
 from mmdialog.chat.policies import Full, Policy
 from mmdialog.chat.sampling import Sampler, SamplingParams, TextStream
 from mmdialog.data.conversation import Conversation, Image, Part, Text
-from mmdialog.data.processor import Processor, image_to_tensor
+from mmdialog.data.processor import MEDIA_KEYS, Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache
@@ -102,7 +102,7 @@ class ChatSession:
         self.processor = processor
         self.policy = policy or Full()
         self.sampling = (sampling or SamplingParams()).replace(max_new_tokens=max_new_tokens)
-        self.media_cache: dict[str, torch.Tensor] = {} if media_cache is None else media_cache  # hash -> (1, T_img, d_img)
+        self.media_cache: dict[str, torch.Tensor] = {} if media_cache is None else media_cache  # media_key -> (1, T, d)
         self.lock = lock or contextlib.nullcontext()
         tok = processor.tokenizer
         self.banned = [tok.pad_id, tok.tok.token_to_id("<|bos|>"), *tok.role_ids.values(), *tok.media_ids.values()]
@@ -114,8 +114,9 @@ class ChatSession:
         self.conv = Conversation()
         self.cache = KVCache()
         self.cached_ids: list[int] = []  # expanded ids whose keys/values are in the cache, in order
-        self.cached_media: list[str] = []  # content hashes of the images among them, in order
-        self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "images_encoded": 0, "reused_tokens": 0}
+        self.cached_media: list[str] = []  # media keys (see media_key) of the media items among them, in order
+        self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "images_encoded": 0, "reused_tokens": 0,
+                      "media_encoded": 0}
         self.last: Reply | None = None
 
     @property
@@ -126,12 +127,12 @@ class ChatSession:
         # KVCache never writes into a tensor in place (update concatenates, crop slices), so copying
         # its lists is a complete snapshot, and a fork can share the tensors.
         return {"turns": list(self.conv.turns), "meta": dict(self.conv.meta), "keys": list(self.cache.keys),
-                "values": list(self.cache.values), "cached_ids": list(self.cached_ids),
+                "values": list(self.cache.values), "media": dict(self.cache.media), "cached_ids": list(self.cached_ids),
                 "cached_media": list(self.cached_media), "stats": dict(self.stats), "last": self.last}
 
     def _restore(self, s: dict) -> None:
         self.conv.turns, self.conv.meta = s["turns"], s["meta"]
-        self.cache.keys, self.cache.values = s["keys"], s["values"]
+        self.cache.keys, self.cache.values, self.cache.media = s["keys"], s["values"], s["media"]
         self.cached_ids, self.cached_media, self.stats, self.last = s["cached_ids"], s["cached_media"], s["stats"], s["last"]
 
     def fork(self) -> "ChatSession":
@@ -141,7 +142,7 @@ class ChatSession:
         s = self._snapshot()
         other.conv = Conversation(s["turns"], s["meta"])
         other.cache = KVCache()
-        other.cache.keys, other.cache.values = s["keys"], s["values"]
+        other.cache.keys, other.cache.values, other.cache.media = s["keys"], s["values"], s["media"]
         other.cached_ids, other.cached_media, other.stats = s["cached_ids"], s["cached_media"], s["stats"]
         other.policy = copy.deepcopy(self.policy)
         other.sampling = copy.deepcopy(self.sampling)
@@ -168,6 +169,8 @@ class ChatSession:
                                     f"{', '.join(self.model.encoders)})")
             if isinstance(p, Image):
                 p.load()
+            elif kind != "text":
+                p.content_hash()  # reads the file: a missing one is an error now
         self.conv.add(role, *parts)
 
     def undo(self) -> int:
@@ -221,7 +224,8 @@ class ChatSession:
     def count_tokens(self, conv: Conversation) -> int:
         """Expanded prompt tokens of a conversation, the generation prompt included."""
         ids = self.processor.token_ids(conv, add_generation_prompt=True)
-        return len(ids) + len(conv.media("image")) * (self.processor.image_tokens - 1)
+        return len(ids) + sum(len(conv.media(m)) * (self.processor.media_tokens(m) - 1)
+                              for m in self.processor.media if conv.media(m))
 
     def _start(self, before: dict, sampling: SamplingParams | None, commit: bool) -> ReplyStream:
         params = (sampling or self.sampling).validate()
@@ -280,38 +284,47 @@ class ChatSession:
         if commit:
             self.conv.add("assistant", Text(reply.text))
 
+    @staticmethod
+    def media_key(part: Part) -> str:
+        """An item's key in the media caches: its content hash (prefixed by the modality, images excepted)."""
+        return part.content_hash() if part.type == "image" else f"{part.type}:{part.content_hash()}"
+
     @torch.no_grad()
-    def _encode_images(self, images: list[Image]) -> torch.Tensor:
-        out = []
-        for im in images:
-            key = im.content_hash()
+    def _encode_media(self, items: list[Part]) -> dict[str, torch.Tensor]:
+        """Encodings of media items by modality, each (N_m, ...) in order of appearance; cached by content."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for p in items:
+            key = self.media_key(p)
             enc = self.media_cache.get(key)  # one lookup: a shared cache may evict between two
             if enc is None:
-                pixels = image_to_tensor(im.load(), self.processor.image_size)[None]  # (1, 3, H, W)
+                x = self.processor.media[p.type].transform(p, p.type)[None]  # (1, ...)
                 device = next(self.model.parameters()).device
                 with self.lock:
-                    enc = self.model.encode_media(images=pixels.to(device))["image"]
+                    enc = self.model.encode_media(**{MEDIA_KEYS[p.type]: x.to(device)})[p.type]
                 self.media_cache[key] = enc
-                self.stats["images_encoded"] += 1
-            out.append(enc)
-        return torch.cat(out)  # (N, T_img, d_img)
+                self.stats["media_encoded"] += 1
+                if p.type == "image":
+                    self.stats["images_encoded"] += 1
+            out.setdefault(p.type, []).append(enc)
+        return {m: torch.cat(encs) for m, encs in out.items()}
 
     @torch.no_grad()
     def prefill(self, reply: Reply | None = None) -> torch.Tensor:
         """Bring the cache up to date with the context plus the assistant header; returns next-token logits (V,)."""
         ctx = self.context()
-        images = ctx.media("image")
+        items = _media_items(ctx)
         ids, hashes = self.render(ctx)
         if len(ids) >= self.model.decoder.max_seq_len:
             raise MMDialogError(f"the conversation needs {len(ids)} tokens, over the model's max_seq_len "
                                 f"{self.model.decoder.max_seq_len}; choose a context policy such as last_k or token_budget")
         n, m = self.reusable_prefix(ids, hashes)
         n = min(n, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
-        m = min(m, ids[:n].count(self.processor.tokenizer.media_ids["image"]) // self.processor.image_tokens)
+        media_ids = self.processor.tokenizer.media_ids
+        m = min(m, sum(ids[:n].count(media_ids[k]) // self.processor.media_tokens(k) for k in self.processor.media))
         encoded = self.stats["images_encoded"]
         self.cache.crop(n)
         self.cached_ids, self.cached_media = self.cached_ids[:n], self.cached_media[:m]
-        logits = self._feed(ids[n:], images[m:])
+        logits = self._feed(ids[n:], items[m:])
         self.stats["prefill_tokens"] += len(ids) - n
         self.stats["reused_tokens"] += n
         self.cached_ids, self.cached_media = list(ids), hashes
@@ -321,23 +334,24 @@ class ChatSession:
         return logits
 
     def render(self, conv: Conversation) -> tuple[list[int], list[str]]:
-        """Expanded token ids of a conversation plus the assistant header, and its images' content hashes."""
-        images = conv.media("image")
-        ids = self.processor.expand(self.processor.token_ids(conv, add_generation_prompt=True), len(images))
-        return ids, [im.content_hash() for im in images]
+        """Expanded token ids of a conversation plus the assistant header, and its media items' keys in order."""
+        ids = self.processor.expanded_ids(conv, add_generation_prompt=True)
+        return ids, [self.media_key(p) for p in _media_items(conv)]
 
     def reusable_prefix(self, ids: list[int], hashes: list[str]) -> tuple[int, int]:
-        """(n, m): the first n cached positions, holding the first m images, are valid for `ids`."""
+        """(n, m): the first n cached positions, holding the first m media items, are valid for `ids`."""
         old = self.cached_ids
         n = 0
         limit = min(len(old), len(ids), self.cache.seq_len)
         while n < limit and old[n] == ids[n]:
             n += 1
-        ph, T = self.processor.tokenizer.media_ids["image"], self.processor.image_tokens
-        # image i occupies the i-th run of T placeholder tokens; keep only images that are whole and the same
+        # item i occupies the i-th run of T_k placeholder tokens of its modality k; keep only items that are
+        # whole and the same
+        runs = {self.processor.tokenizer.media_ids[k]: self.processor.media_tokens(k) for k in self.processor.media}
         m, i = 0, 0
         while i < n:
-            if ids[i] == ph:
+            T = runs.get(ids[i])
+            if T is not None:
                 if i + T > n or m >= len(self.cached_media) or m >= len(hashes) or self.cached_media[m] != hashes[m]:
                     return i, m
                 m += 1
@@ -347,13 +361,18 @@ class ChatSession:
         return n, m
 
     @torch.no_grad()
-    def _feed(self, ids: list[int], images: list[Image]) -> torch.Tensor:
-        """Run new tokens (and the images whose placeholders they hold) through the decoder, appending
-        to the cache; returns the next-token logits (V,) at the last position."""
-        media = {"image": self._encode_images(images)} if images else None
+    def _feed(self, ids: list[int], items: list[Part]) -> torch.Tensor:
+        """Run new tokens (and the media items whose placeholders they hold) through the fusion and decoder,
+        appending to the cache (and to the fusion's memory in it); returns the next-token logits (V,)."""
+        media = self._encode_media(items) if items else {}
         device = next(self.model.parameters()).device
         x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T_new)
         with self.lock:
-            hidden = self.model.decoder(self.model.embed(x, media or {}), cache=self.cache)  # (1, T_new, D)
+            hidden = self.model.hidden(x, media, cache=self.cache)  # (1, T_new, D)
             # next-token logits at the last position only: the lm head is the widest matmul of a small model
             return self.model.decoder.logits(hidden[0, -1]).float()  # (V,)
+
+
+def _media_items(conv: Conversation) -> list[Part]:
+    """Every media part of a conversation in order of appearance, whatever its modality."""
+    return [p for t in conv.turns for p in t.parts if p.type != "text"]

@@ -16,6 +16,8 @@ class Collator:
       labels:         (B, T) long, -100 on padding and on everything but assistant replies
       images:         (N, 3, H, W) float, all images of the batch in order of appearance
                       (row-major over the batch), or absent when no example has one
+      audios:         (N, S) float waveforms, likewise (absent without audio)
+      videos:         (N, F, 3, H, W) float frames, likewise (absent without video)
     """
 
     def __init__(self, pad_id: int):
@@ -33,7 +35,8 @@ class Collator:
             labels[b, :n] = e.labels
             mask[b, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-        images = [e.images for e in examples if e.images is not None]
-        if images:
-            batch["images"] = torch.cat(images)
+        for key in ("images", "audios", "videos"):
+            items = [getattr(e, key) for e in examples if getattr(e, key) is not None]
+            if items:
+                batch[key] = torch.cat(items)
         return batch

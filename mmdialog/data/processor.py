@@ -1,15 +1,27 @@
-"""Conversation -> Example: chat template, tokenizer, placeholder expansion, loss mask, media tensors."""
+"""Conversation -> Example: chat template, tokenizer, placeholder expansion, loss mask, media tensors.
+
+Media tensors per modality (what the encoders take):
+    images (N, 3, H, W) float in [-1, 1]
+    audios (N, S) float waveform in [-1, 1] at the encoder's sample rate, zero-padded to its S samples
+    videos (N, F, 3, H, W) float in [-1, 1], F frames sampled evenly over the clip
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import math
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from mmdialog.data.conversation import Conversation
-from mmdialog.data.tokenizer import ChatTokenizer
+from mmdialog.data.conversation import Audio, Conversation, Part, Video
+from mmdialog.data.tokenizer import MEDIA_TOKENS, ChatTokenizer
 from mmdialog.errors import MMDialogError
 
 IGNORE = -100
@@ -27,6 +39,8 @@ class Example:
     input_ids: torch.Tensor
     labels: torch.Tensor
     images: torch.Tensor | None = None
+    audios: torch.Tensor | None = None  # (N, S) waveforms, when the conversation has audio
+    videos: torch.Tensor | None = None  # (N, F, 3, H, W) frames, when it has video
 
 
 def image_to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
@@ -39,33 +53,197 @@ def image_to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
     return x.div_(127.5).sub_(1.0)
 
 
+def resample(wave_: torch.Tensor, orig_rate: int, new_rate: int, lowpass_width: int = 6,
+             rolloff: float = 0.99) -> torch.Tensor:
+    """Band-limited (windowed-sinc) resampling of a waveform (..., S) from orig_rate to new_rate."""
+    if orig_rate == new_rate:
+        return wave_
+    g = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // g, new_rate // g
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_width * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None] / orig  # (1, K)
+    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None] / new + idx) * base  # (new, K)
+    t = t.clamp(-lowpass_width, lowpass_width)
+    window = torch.cos(t * math.pi / lowpass_width / 2) ** 2
+    t = t * math.pi
+    kernels = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base / orig)  # (new, K)
+    shape = wave_.shape
+    x = wave_.reshape(-1, 1, shape[-1]).to(torch.float64)
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x, kernels[:, None], stride=orig)  # (B, new, L)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)  # (B, new * L)
+    n = math.ceil(new * shape[-1] / orig)
+    return y[:, :n].reshape(*shape[:-1], n).to(wave_.dtype)
+
+
+def read_wav(data: bytes, where: str) -> tuple[np.ndarray, int]:
+    """PCM WAV bytes -> (samples float32 in [-1, 1], mono, sample rate)."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise MMDialogError(f"{where}: cannot read the audio as PCM WAV ({e}); mmdialog decodes 8/16/24/32-bit "
+                            "PCM WAV: convert other formats first (e.g. ffmpeg -i in.mp3 -ar 16000 out.wav)") from None
+    if width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 2**15
+    elif width == 3:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        x = (np.where(v >= 2**23, v - 2**24, v)).astype(np.float32) / 2**23
+    else:
+        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
+    return x.reshape(-1, channels).mean(1), rate
+
+
+@dataclass
+class AudioTransform:
+    """An Audio part -> (num_samples,) float waveform at sample_rate (resampled when the file's rate differs,
+    zero-padded at the end); a clip longer than num_samples is an error naming both lengths."""
+
+    sample_rate: int
+    num_samples: int
+
+    def __call__(self, part: Audio, where: str = "audio") -> torch.Tensor:
+        name = part.path or "audio data"
+        samples, rate = read_wav(part.read_bytes(), f"{where}: {name}")
+        x = resample(torch.from_numpy(np.ascontiguousarray(samples)), rate, self.sample_rate)  # (S,)
+        if x.shape[0] > self.num_samples:
+            raise MMDialogError(f"{where}: {name} lasts {x.shape[0] / self.sample_rate:.2f} s, longer than the audio "
+                                f"encoder's {self.num_samples / self.sample_rate:.2f} s ({self.num_samples} samples "
+                                f"at {self.sample_rate} Hz); cut it or configure a longer clip")
+        return F.pad(x, (0, self.num_samples - x.shape[0]))
+
+
+def read_frames(path: str, where: str) -> np.ndarray:
+    """A clip's frames (T, H, W, 3) uint8 from a .npy array or an animated GIF / PNG / WebP."""
+    p = Path(path)
+    if not p.is_file():
+        raise MMDialogError(f"{where}: video file not found: {path}")
+    if p.suffix.lower() == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise MMDialogError(f"{where}: cannot read {path} as a .npy frame array: {e}") from None
+        if arr.ndim != 4 or arr.shape[3] != 3 or arr.dtype != np.uint8:
+            raise MMDialogError(f"{where}: {path} holds {arr.dtype} {arr.shape}, expected (frames, H, W, 3) uint8")
+        return arr
+    try:
+        with PILImage.open(p) as im:
+            frames = []
+            for i in range(getattr(im, "n_frames", 1)):
+                im.seek(i)
+                frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    except Exception as e:  # PIL raises many types for files it cannot read
+        raise MMDialogError(f"{where}: cannot decode video {path} ({e}); mmdialog reads animated GIF/PNG/WebP and "
+                            ".npy arrays (frames, H, W, 3) uint8") from None
+    return np.stack(frames)
+
+
+@dataclass
+class VideoTransform:
+    """A Video part -> (num_frames, 3, size, size) float in [-1, 1], frames sampled evenly (sample_frames)."""
+
+    num_frames: int
+    image_size: int
+
+    def __call__(self, part: Video, where: str = "video") -> torch.Tensor:
+        from mmdialog.encoders.video import sample_frames
+
+        frames = read_frames(part.path, where) if part.path else None
+        if frames is None:
+            raise MMDialogError(f"{where}: a Video part has no path")
+        idx = sample_frames(frames.shape[0], self.num_frames, where=f"{where}: {part.path}")
+        return torch.stack([image_to_tensor(frames[i], self.image_size) for i in idx])  # (F, 3, H, W)
+
+
+@dataclass
+class MediaInput:
+    """How the processor turns one modality's parts into tensors, and how many placeholder tokens one takes."""
+
+    tokens: int
+    transform: Callable[[Part, str], torch.Tensor] = field(repr=False)
+
+
+MEDIA_KEYS = {"image": "images", "audio": "audios", "video": "videos"}  # modality -> Example field / forward argument
+MEDIA_NOUNS = {"image": "image(s)", "audio": "audio clip(s)", "video": "video(s)"}
+
+
 class Processor:
     """Turns a Conversation into exactly what the collator and `MultimodalLM.forward` consume.
 
     The same processor runs in training, evaluation, chat and serving.
     """
 
-    def __init__(self, tokenizer: ChatTokenizer, *, image_size: int, image_tokens: int, max_length: int = 1024):
+    def __init__(self, tokenizer: ChatTokenizer, *, image_size: int | None = None, image_tokens: int | None = None,
+                 max_length: int = 1024, media: dict[str, MediaInput] | None = None):
+        """image_size/image_tokens: the image input; media: other modalities ("audio", "video") by name."""
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.image_tokens = image_tokens
         self.max_length = max_length
+        self.media: dict[str, MediaInput] = dict(media or {})
+        if image_size is not None and image_tokens is not None:
+            self.media.setdefault("image", MediaInput(image_tokens, lambda p, where="image":
+                                                      image_to_tensor(p.load(), image_size)))
+
+    @classmethod
+    def for_model(cls, tokenizer: ChatTokenizer, model, max_length: int = 1024) -> "Processor":
+        """The processor for a MultimodalLM: every modality it has an encoder for, with the encoder's input
+        size (image_size; sample_rate and num_samples; num_frames and image_size) and token count."""
+        media, image_size, image_tokens = {}, None, None
+        for modality, enc in model.encoders.items():
+            tokens = model.num_media_tokens(modality)
+            if modality == "image":
+                image_size, image_tokens = enc.image_size, tokens
+            elif modality == "audio":
+                media["audio"] = MediaInput(tokens, AudioTransform(enc.sample_rate, enc.num_samples))
+            elif modality == "video":
+                media["video"] = MediaInput(tokens, VideoTransform(enc.num_frames, enc.image_size))
+        return cls(tokenizer, image_size=image_size, image_tokens=image_tokens, max_length=max_length, media=media)
+
+    def media_tokens(self, modality: str) -> int:
+        """Placeholder tokens one item of this modality takes after expansion."""
+        if modality not in self.media:
+            raise MMDialogError(f"this processor takes no {modality} (it takes: {', '.join(self.media) or 'text only'})")
+        return self.media[modality].tokens
 
     def token_ids(self, conv: Conversation, add_generation_prompt: bool = False) -> list[int]:
         """Token ids with one placeholder per media item (not yet expanded)."""
         return self.tokenizer.encode(self.tokenizer.render(conv, add_generation_prompt))
 
-    def expand(self, ids: list[int], n_images: int, where: str = "conversation") -> list[int]:
-        ph = self.tokenizer.media_ids["image"]
-        found = ids.count(ph)
-        if found != n_images:
-            raise MMDialogError(
-                f"{where}: the text holds {found} <|image|> placeholder(s) but {n_images} image(s) were given"
-            )
+    def expand(self, ids: list[int], counts: int | dict[str, int], where: str = "conversation") -> list[int]:
+        """Expand each media placeholder to its modality's token count, after checking that the text holds as
+        many placeholders as there are items. counts: items by modality; an int counts images only."""
+        if isinstance(counts, int):
+            counts = {"image": counts}
+        expand_to = {}
+        for modality, n in counts.items():
+            ph = self.tokenizer.media_ids[modality]
+            found = ids.count(ph)
+            if found != n:
+                raise MMDialogError(f"{where}: the text holds {found} {MEDIA_TOKENS[modality]} placeholder(s) but "
+                                    f"{n} {MEDIA_NOUNS[modality]} were given")
+            if n:
+                if modality not in self.media:
+                    raise MMDialogError(f"{where}: the conversation holds {n} {MEDIA_NOUNS[modality]} but this model "
+                                        f"has no {modality} encoder (it takes: {', '.join(self.media) or 'text only'})")
+                expand_to[ph] = self.media[modality].tokens
         out: list[int] = []
         for i in ids:
-            out.extend([ph] * self.image_tokens if i == ph else [i])
+            out.extend([i] * expand_to[i] if i in expand_to else [i])
         return out
+
+    def counts(self, conv: Conversation) -> dict[str, int]:
+        """Media items by modality (every modality, 0 where absent)."""
+        return {m: len(conv.media(m)) for m in MEDIA_KEYS}
+
+    def expanded_ids(self, conv: Conversation, add_generation_prompt: bool = False, where: str = "conversation") -> list[int]:
+        """Token ids with every placeholder expanded: what the model reads (and its length)."""
+        return self.expand(self.token_ids(conv, add_generation_prompt), self.counts(conv), where)
 
     def labels_for(self, ids: list[int]) -> list[int]:
         """Supervise assistant replies: every token after <|assistant|> up to and including <|end|>."""
@@ -80,17 +258,25 @@ class Processor:
         return labels
 
     def images(self, conv: Conversation) -> torch.Tensor | None:
-        imgs = conv.media("image")
-        if not imgs:
+        return self.media_tensor(conv, "image")  # (N, 3, H, W)
+
+    def media_tensor(self, conv: Conversation, modality: str, where: str = "conversation") -> torch.Tensor | None:
+        """One modality's items stacked: images (N, 3, H, W), audios (N, S), videos (N, F, 3, H, W); None if none."""
+        parts = conv.media(modality)
+        if not parts:
             return None
-        return torch.stack([image_to_tensor(im.load(), self.image_size) for im in imgs])  # (N, 3, H, W)
+        if modality not in self.media:
+            raise MMDialogError(f"{where}: the conversation holds {MEDIA_NOUNS[modality]} but this model has no "
+                                f"{modality} encoder")
+        transform = self.media[modality].transform
+        return torch.stack([transform(p, f"{where}: {modality} {i}") for i, p in enumerate(parts)])
 
     def __call__(self, conv: Conversation, add_generation_prompt: bool = False, where: str = "conversation") -> Example:
-        imgs = conv.media("image")
-        ids = self.expand(self.token_ids(conv, add_generation_prompt), len(imgs), where)
+        ids = self.expanded_ids(conv, add_generation_prompt, where)
         if len(ids) > self.max_length:
             raise MMDialogError(f"{where}: {len(ids)} tokens exceed max_length {self.max_length}")
         labels = self.labels_for(ids)
         if add_generation_prompt:  # the trailing <|assistant|> opens a reply that is not there yet
             labels[-1] = IGNORE
-        return Example(torch.tensor(ids), torch.tensor(labels), self.images(conv))
+        return Example(torch.tensor(ids), torch.tensor(labels),
+                       **{key: self.media_tensor(conv, m, where) for m, key in MEDIA_KEYS.items()})

@@ -24,6 +24,7 @@ class CausalDecoder(nn.Module):
         super().__init__()
         mlp_hidden = mlp_hidden or 32 * math.ceil(8 * dim / 3 / 32)
         self.max_seq_len = max_seq_len
+        self.dim, self.num_layers = dim, depth
         self.tok_embeddings = nn.Embedding(vocab_size, dim)
         rope = RotaryEmbedding(head_dim=dim // heads, theta=rope_theta)  # stateless: one instance serves every layer
         self.blocks = nn.ModuleList(
@@ -51,14 +52,20 @@ class CausalDecoder(nn.Module):
             for proj in (block.attn.out_proj, block.mlp.out_proj):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * depth))
 
+    @staticmethod
+    def sizes(cfg) -> tuple[int, int]:
+        """(width, layers) a DecoderConfig gives, without building the decoder."""
+        return cfg.dim, cfg.depth
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
         return self.tok_embeddings(input_ids)
 
     def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, layer_hook=None) -> torch.Tensor:
         """inputs_embeds: (B, T, D); attention_mask: (B, T_past + T), 1 = real, 0 = pad. Returns hidden (B, T, D).
 
         Positions continue from the cache's length; the cache is appended to in place.
+        layer_hook(layer, x) -> x runs before each block (a fusion's cross-attention layers live there).
         """
         B, T, _ = inputs_embeds.shape
         past = cache.seq_len if cache is not None else 0
@@ -85,6 +92,8 @@ class CausalDecoder(nn.Module):
 
         x = self.dropout(inputs_embeds)
         for layer, block in enumerate(self.blocks):
+            if layer_hook is not None:
+                x = layer_hook(layer, x)
             x = block(x, positions=positions, mask=mask, cache=cache, layer=layer)  # (B, T, D)
         return self.norm(x)
 

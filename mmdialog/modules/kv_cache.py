@@ -2,7 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class MediaMemory:
+    """Entries a fusion keeps across cached forward passes, each tagged with an absolute sequence position.
+
+    positions: (B, M) long, the position an entry belongs to (a media item's placeholder, a text token)
+    valid:     (B, M) bool, False on padding (rows hold different numbers of entries) and masked entries
+    tensors:   name -> (B, M, C), e.g. the keys and values of every cross-attention layer
+
+    Frozen, and every change returns a new memory: a snapshot of a KVCache (a fork, an undo) may share it.
+    """
+
+    positions: torch.Tensor
+    valid: torch.Tensor
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return self.positions.shape[1]
+
+    def append(self, other: "MediaMemory") -> "MediaMemory":
+        if set(other.tensors) != set(self.tensors):
+            raise ValueError(f"memory entries hold {sorted(self.tensors)}, new ones {sorted(other.tensors)}")
+        return MediaMemory(torch.cat([self.positions, other.positions], 1), torch.cat([self.valid, other.valid], 1),
+                           {k: torch.cat([v, other.tensors[k]], 1) for k, v in self.tensors.items()})
+
+    def crop(self, n: int) -> "MediaMemory":
+        """Keep the entries of positions < n (columns no row keeps any more are dropped)."""
+        valid = self.valid & (self.positions < n)  # (B, M)
+        keep = valid.any(0)  # (M,)
+        return MediaMemory(self.positions[:, keep], valid[:, keep], {k: v[:, keep] for k, v in self.tensors.items()})
+
+    def clone(self) -> "MediaMemory":
+        return MediaMemory(self.positions.clone(), self.valid.clone(), {k: v.clone() for k, v in self.tensors.items()})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.positions, self.valid, *self.tensors.values()))
 
 
 class KVCache:
@@ -16,6 +57,9 @@ class KVCache:
     def __init__(self):
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        # What fusions keep beside the decoder's keys and values (cross-attention's media keys and values),
+        # by name; cropped and cloned with them. Values are replaced, never changed in place.
+        self.media: dict[str, MediaMemory] = {}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, H_kv, T_new, hs) to `layer`; return all of that layer's keys and values (B, H_kv, T, hs)."""
@@ -40,13 +84,16 @@ class KVCache:
             raise ValueError(f"cannot crop a KV cache of {self.seq_len} positions to {n}")
         self.keys = [k[:, :, :n] for k in self.keys]
         self.values = [v[:, :, :n] for v in self.values]
+        self.media = {name: m.crop(n) for name, m in self.media.items()}
 
     def clone(self) -> KVCache:
         copy = KVCache()
         copy.keys = [k.clone() for k in self.keys]
         copy.values = [v.clone() for v in self.values]
+        copy.media = {name: m.clone() for name, m in self.media.items()}
         return copy
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values) + \
+            sum(m.nbytes for m in self.media.values())
