@@ -124,8 +124,12 @@ class AudioCNNEncoder(_AudioBase):
         maps = [x]
         for stage in self.stages:
             maps.append(stage(maps[-1]))  # (N, w_i, mels / 2^i, frames / 2^i)
+        wanted = {lv % self.num_levels for lv in levels if -self.num_levels <= lv < self.num_levels}
         feats = []
-        for m, proj in zip(maps, self.level_proj):
+        for i, (m, proj) in enumerate(zip(maps, self.level_proj)):
+            if i not in wanted:
+                feats.append(None)
+                continue
             t = m.mean(2)  # (N, w, frames_i): frequency averaged away
             t = F.adaptive_avg_pool1d(t, self.num_tokens) if t.shape[-1] != self.num_tokens else t
             feats.append(self.norm(proj(t.transpose(1, 2).to(proj.weight.dtype))))  # (N, num_tokens, dim)

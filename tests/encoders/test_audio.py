@@ -1,0 +1,35 @@
+"""The torch log-mel front end equals Whisper's feature extractor; mel filters equal transformers'."""
+
+import numpy as np
+import torch
+
+from mmdialog.encoders.audio import LogMel, mel_filterbank
+
+
+def test_mel_filters_equal_transformers():
+    from transformers.audio_utils import mel_filter_bank
+
+    ours = mel_filterbank(n_freqs=201, n_mels=80, sample_rate=16000, f_min=0.0, f_max=8000.0)
+    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=0.0, max_frequency=8000.0,
+                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-6)
+
+
+def test_log_mel_equals_the_whisper_feature_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(8000)).astype(np.float32)
+    fe = WhisperFeatureExtractor(feature_size=80)
+    ref = fe._np_extract_fbank_features(wave[None], "cpu")[0]  # (80, 50)
+    ours = LogMel(sample_rate=16000, n_mels=80, f_max=8000.0)(torch.from_numpy(wave)[None])[0]
+    assert ours.shape == (80, 50) == ref.shape
+    np.testing.assert_allclose(ours.numpy(), ref, atol=2e-4)
+
+
+def test_log_mel_stays_fp32_under_autocast():
+    mel = LogMel(sample_rate=8000, n_fft=128, hop_length=64, n_mels=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mel(torch.randn(2, 640))
+    assert out.dtype == torch.float32 and out.shape == (2, 16, 10)
