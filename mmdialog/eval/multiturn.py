@@ -1,4 +1,9 @@
-"""Multi-turn evaluation on the world: greedy answers with the gold history, split by how much history a question needs."""
+"""Multi-turn evaluation on the world: greedy answers with the gold history, split by how much history a question needs.
+
+`evaluate` generates every answer with a ChatSession (the reference); `mmdialog.eval.lab` computes the same
+gold-history accuracy by teacher forcing in one batched pass, plus the model's own history, ablations and
+ranking. `summarise` turns per-question rows into the metrics both write.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM
 
 DISTANCE_BUCKETS = ("0", "1", "2", "3+")
+FINE_BUCKETS = ("0", "1", "2", "3-5", "6+")  # the issue's split; "3+" stays for the files the demo has written
 
 
 def normalise(answer: str) -> str:
@@ -24,6 +30,16 @@ def normalise(answer: str) -> str:
 
 def distance_bucket(d: int) -> str:
     return str(d) if d < 3 else "3+"
+
+
+def fine_bucket(d: int) -> str:
+    return str(d) if d < 3 else "3-5" if d < 6 else "6+"
+
+
+def first_failed_round(rows: list[dict], n_rounds: int) -> float:
+    """First wrong round / n_rounds (the caption counted, so rounds + 1 for `rounds` questions); 1.0 if none fails."""
+    wrong = [r["round"] for r in rows if not r["correct"]]
+    return min(wrong) / n_rounds if wrong else 1.0
 
 
 def answer_with_gold_history(session: ChatSession, record: dict, world_dir: Path) -> list[dict]:
@@ -40,7 +56,7 @@ def answer_with_gold_history(session: ChatSession, record: dict, world_dir: Path
             out.append({
                 "id": record["id"], "round": rd["round"], "question": rd["question"], "gold": rd["answer"],
                 "pred": pred, "family": rd["family"], "ref": rd["ref"], "distance": rd["distance"],
-                "correct": normalise(pred) == normalise(rd["answer"]),
+                "n_rounds": len(record["rounds"]), "correct": normalise(pred) == normalise(rd["answer"]),
             })
     return out
 
@@ -49,17 +65,20 @@ def summarise(preds: list[dict]) -> dict:
     def acc(rows):
         return sum(r["correct"] for r in rows) / len(rows) if rows else None
 
-    groups: dict[str, dict[str, list]] = {"by_distance": defaultdict(list), "by_round": defaultdict(list),
-                                          "by_family": defaultdict(list), "by_ref": defaultdict(list)}
+    groups: dict[str, dict[str, list]] = {"by_distance": defaultdict(list), "by_distance_fine": defaultdict(list),
+                                          "by_round": defaultdict(list), "by_family": defaultdict(list),
+                                          "by_ref": defaultdict(list)}
+    fixed = {"by_distance": DISTANCE_BUCKETS, "by_distance_fine": FINE_BUCKETS}
     for r in preds:
         groups["by_distance"][distance_bucket(r["distance"])].append(r)
+        groups["by_distance_fine"][fine_bucket(r["distance"])].append(r)
         groups["by_round"][str(r["round"])].append(r)
         groups["by_family"][r["family"]].append(r)
         groups["by_ref"][r["ref"]].append(r)
     accuracy: dict = {"overall": acc(preds)}
     counts: dict = {"overall": len(preds)}
     for name, g in groups.items():
-        keys = list(DISTANCE_BUCKETS) if name == "by_distance" else sorted(g, key=lambda k: (len(k), k))
+        keys = list(fixed[name]) if name in fixed else sorted(g, key=lambda k: (len(k), k))
         accuracy[name] = {k: acc(g.get(k, [])) for k in keys}
         counts[name] = {k: len(g.get(k, [])) for k in keys}
     history = [r for r in preds if r["distance"] >= 1]
@@ -67,8 +86,12 @@ def summarise(preds: list[dict]) -> dict:
     counts["needs_history"] = len(history)
     dialogues = defaultdict(list)
     for r in preds:
-        dialogues[r["id"]].append(r["correct"])
-    accuracy["dialogues_fully_right"] = acc([{"correct": all(v)} for v in dialogues.values()])
+        dialogues[r["id"]].append(r)
+    accuracy["dialogues_fully_right"] = acc([{"correct": all(x["correct"] for x in v)} for v in dialogues.values()])
+    # rows may carry "n_rounds" (the dialogue's rounds, caption included); else the last scored round + 1
+    ffr = [first_failed_round(v, max(x.get("n_rounds", x["round"] + 1) for x in v)) for v in dialogues.values()]
+    accuracy["first_failed_round"] = sum(ffr) / len(ffr) if ffr else None
+    counts["dialogues"] = len(dialogues)
     return {"accuracy": accuracy, "counts": counts}
 
 

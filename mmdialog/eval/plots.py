@@ -38,3 +38,175 @@ def plot_run(losses: list[tuple[int, float]], metrics: dict, path: str | Path) -
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- the evaluation lab
+
+from mmdialog.eval.multiturn import FINE_BUCKETS  # noqa: E402
+from mmdialog.eval.summary import ABLATION_ORDER, get  # noqa: E402
+
+COLORS = {"gold_history": "#4878cf", "own_history": "#d65f5f", "no_history": "#999999", "last_1": "#c4ad66",
+          "last_2": "#b47cc7", "last_4": "#77bedb", "shuffled_history": "#6acc65", "no_media": "#8c613c"}
+
+
+def _values(metrics, std, path, keys):
+    vals = [get(metrics, *path, k) for k in keys]
+    errs = [get(std, *path, k) if std is not None else None for k in keys]
+    return [v if v is not None else float("nan") for v in vals], [e or 0.0 for e in errs]
+
+
+def _bars(ax, groups: list[tuple[str, list, list]], labels: list[str], counts: list | None = None) -> None:
+    import numpy as np
+
+    n = len(groups)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(labels))
+    for i, (name, vals, errs) in enumerate(groups):
+        ax.bar(x + (i - (n - 1) / 2) * width, vals, width, yerr=errs if any(errs) else None, capsize=2,
+               label=name, color=COLORS.get(name))
+    if counts:
+        for xi, c in zip(x, counts):
+            if c is not None:
+                ax.text(xi, 1.02, f"n={c:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1.12)
+
+
+def plot_modes(metrics: dict, path: str | Path, std: dict | None = None) -> Path:
+    """Accuracy by dependency distance (left) and by round (right): gold vs own history vs no history."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    modes = [("gold_history", ("accuracy",))]
+    if get(metrics, "modes", "own_history"):
+        modes.append(("own_history", ("modes", "own_history", "accuracy")))
+    if get(metrics, "ablations", "no_history"):
+        modes.append(("no_history", ("ablations", "no_history", "accuracy")))
+    groups = [(name, *_values(metrics, std, (*p, "by_distance_fine"), FINE_BUCKETS)) for name, p in modes]
+    counts = [get(metrics, "counts", "by_distance_fine", b) for b in FINE_BUCKETS]
+    _bars(ax1, groups, list(FINE_BUCKETS), counts)
+    ax1.set_xlabel("dependency distance (rounds of history needed)")
+    ax1.set_ylabel("exact-match accuracy")
+    ax1.set_title("accuracy by dependency distance")
+    ax1.legend(fontsize=8, loc="lower left")
+    rounds = list(get(metrics, "accuracy", "by_round") or {})
+    for name, p in modes:
+        vals, errs = _values(metrics, std, (*p, "by_round"), rounds)
+        ax2.errorbar([int(r) for r in rounds], vals, yerr=errs if any(errs) else None, marker="o", label=name,
+                     color=COLORS.get(name), capsize=2)
+    ax2.set_ylim(0, 1.05)
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("exact-match accuracy")
+    ax2.set_title("accuracy by round")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_ablations(metrics: dict, path: str | Path, std: dict | None = None) -> Path:
+    """Accuracy by distance under each ablation (left) and the history gain by distance (right)."""
+    abl = metrics.get("ablations") or {}
+    names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [2, 1]})
+    groups = [("gold_history", *_values(metrics, std, ("accuracy", "by_distance_fine"), FINE_BUCKETS))]
+    groups += [(n, *_values(metrics, std, ("ablations", n, "accuracy", "by_distance_fine"), FINE_BUCKETS)) for n in names]
+    _bars(ax1, groups, list(FINE_BUCKETS))
+    ax1.set_xlabel("dependency distance")
+    ax1.set_ylabel("exact-match accuracy")
+    ax1.set_title("ablations: what the context is worth")
+    ax1.legend(fontsize=7, ncol=4, loc="upper right")
+    vals, errs = _values(metrics, std, ("history_gain", "by_distance_fine"), FINE_BUCKETS)
+    ax2.bar(FINE_BUCKETS, vals, yerr=errs if any(errs) else None, capsize=2, color="#4878cf")
+    ax2.axhline(0, color="black", linewidth=0.8)
+    ax2.set_xlabel("dependency distance")
+    ax2.set_ylabel("gold history - no history")
+    ax2.set_title("history gain (≈0 at distance 0)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_heldout(metrics: dict, path: str | Path, std: dict | None = None) -> Path:
+    """Accuracy by distance on the main split and on each held-out split."""
+    held = metrics.get("heldout") or {}
+    fig, ax = plt.subplots(figsize=(8, 4))
+    groups = [("main split", *_values(metrics, std, ("accuracy", "by_distance_fine"), FINE_BUCKETS))]
+    groups += [(n, *_values(metrics, std, ("heldout", n, "accuracy", "by_distance_fine"), FINE_BUCKETS)) for n in held]
+    _bars(ax, groups, list(FINE_BUCKETS))
+    ax.set_xlabel("dependency distance")
+    ax.set_ylabel("exact-match accuracy (gold history)")
+    ax.set_title("held-out splits")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_lab(metrics: dict, out_dir: str | Path, std: dict | None = None) -> list[Path]:
+    """Every lab plot the metrics have data for, written into out_dir."""
+    out = Path(out_dir)
+    files = [plot_modes(metrics, out / "accuracy.png", std)]
+    if metrics.get("ablations"):
+        files.append(plot_ablations(metrics, out / "ablations.png", std))
+    if metrics.get("heldout"):
+        files.append(plot_heldout(metrics, out / "heldout.png", std))
+    return files
+
+
+def plot_losses(runs: dict[str, list[tuple[int, float]]], path: str | Path) -> Path:
+    """Training loss of one or several runs against the step (log scale)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, losses in runs.items():
+        if losses:
+            steps, values = zip(*losses)
+            ax.plot(steps, values, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title("training loss")
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run_comparison(runs: dict[str, dict], path: str | Path) -> Path:
+    """Several runs side by side: accuracy by distance (left); gold vs own history and no history (right)."""
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 2]})
+    groups = []
+    for name, m in runs.items():
+        std = m.get("std") if isinstance(m.get("std"), dict) else None
+        groups.append((name, *_values(m, std, ("accuracy", "by_distance_fine"), FINE_BUCKETS)))
+    _bars(ax1, groups, list(FINE_BUCKETS))
+    ax1.set_xlabel("dependency distance")
+    ax1.set_ylabel("exact-match accuracy (gold history)")
+    ax1.set_title("accuracy by distance, per run")
+    ax1.legend(fontsize=7)
+    kinds = [("gold_history", ("accuracy", "overall")), ("own_history", ("modes", "own_history", "accuracy", "overall")),
+             ("no_history", ("ablations", "no_history", "accuracy", "overall"))]
+    x = np.arange(len(runs))
+    width = 0.8 / len(kinds)
+    for i, (kind, p) in enumerate(kinds):
+        vals = [get(m, *p) for m in runs.values()]
+        errs = [get(m.get("std"), *p) if isinstance(m.get("std"), dict) else None for m in runs.values()]
+        ax2.bar(x + (i - 1) * width, [v if v is not None else float("nan") for v in vals], width,
+                yerr=[e or 0.0 for e in errs] if any(errs) else None, capsize=2, label=kind, color=COLORS[kind])
+    ax2.set_xticks(x, list(runs), rotation=20, ha="right", fontsize=8)
+    ax2.set_ylim(0, 1.05)
+    ax2.set_title("overall: gold vs own vs no history")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -13,7 +13,7 @@ from mmdialog.data.worlds.shapes.dialogue import generate_dialogue
 from mmdialog.data.worlds.shapes.heldout import HELDOUT_SPLITS, heldout_pairs, paraphrases, touches_pairs
 from mmdialog.data.worlds.shapes.io import (
     SPLITS, generate_world, heldout_info, load_split, make_dialogue, record_to_conversation, summarize,
-    validate_record,
+    validate_record, world_settings, write_split,
 )
 from mmdialog.data.worlds.shapes.render import render
 from mmdialog.data.worlds.shapes.scene import Scene, sample_scene
@@ -21,5 +21,5 @@ from mmdialog.data.worlds.shapes.scene import Scene, sample_scene
 __all__ = [
     "HELDOUT_SPLITS", "SPLITS", "Scene", "check_record", "generate_dialogue", "generate_world", "heldout_info",
     "heldout_pairs", "load_split", "make_dialogue", "paraphrases", "record_to_conversation", "render",
-    "sample_scene", "summarize", "touches_pairs", "validate_record",
+    "sample_scene", "summarize", "touches_pairs", "validate_record", "world_settings", "write_split",
 ]

@@ -171,6 +171,28 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     return summary
 
 
+def write_split(out_dir, split: str, count: int, *, seed: int, image_size: int = 64, rounds: int = 8) -> Path:
+    """Write one split alone (its JSONL and images) into out_dir, e.g. a fresh test sample drawn with another
+    seed (`mmdialog eval --seeds`); the records are those generate_world writes for the same arguments."""
+    out = Path(out_dir)
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+        for i in range(count):
+            record, image = make_dialogue(seed, split, i, image_size=image_size, rounds=rounds)
+            (out / record["image"]).write_bytes(encode_png(image))
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    return out
+
+
+def world_settings(world_dir) -> dict:
+    """world.json's settings (image_size, rounds, ...) and seed; {} without a readable world.json."""
+    try:
+        w = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {**w.get("settings", {}), "seed": w.get("seed"), "counts": w.get("counts", {})}
+
+
 def heldout_info(world_dir) -> dict:
     """world.json's "heldout" section ({} for a world without held-out splits or without world.json)."""
     try:

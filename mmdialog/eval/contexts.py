@@ -1,0 +1,160 @@
+"""What the model sees when a question is put to it: the history (gold, none, the last n rounds, shuffled,
+a chat context policy) and whether it sees the image.
+
+A context builder turns one world record into `Sequence`s: conversations whose assistant turns carry the
+gold answers, plus which assistant turns are scored and as which round. Teacher forcing scores every
+marked turn of a sequence in one forward pass, so a context that is the same for every round (the gold
+history, the gold history without the image) is ONE sequence per dialogue; a context that differs per
+round (no history, last n, shuffled, a policy) is one short sequence per scored round.
+
+The image always opens the context (the first user turn), except under `no_media`, so that every
+ablation changes exactly one thing: which earlier rounds are there, in which order, or the image.
+
+    no_history        [image, question r] -> gold answer r
+    last_n (n)        [image, question r-n] answer r-n ... question r -> gold answer r
+    shuffled_history  the rounds 0..r-1 in a seeded random order, then question r
+    no_media          the gold history without the image (one sequence per dialogue)
+    policy            the chat policy (last_k, token_budget, summary) applied to the gold history
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mmdialog.chat.policies import Policy
+from mmdialog.data.conversation import Conversation, Image, Text, Turn
+
+
+@dataclass
+class Sequence:
+    """One conversation to score; scored[k] = (index among its assistant turns, round of the record)."""
+
+    id: str
+    conv: Conversation
+    scored: list[tuple[int, int]] = field(default_factory=list)
+
+
+def rounds_of(record: dict) -> list[tuple[str, str]]:
+    """(question, gold answer) of every round, the caption first."""
+    return [(rd["question"], rd["answer"]) for rd in record["rounds"]]
+
+
+def scored_rounds(record: dict) -> list[int]:
+    return [rd["round"] for rd in record["rounds"] if rd.get("scored", True)]
+
+
+def _conversation(pairs: list[tuple[str, str]], image: Image | None) -> Conversation:
+    """User/assistant turns from (question, answer) pairs; the image opens the first user turn."""
+    conv = Conversation()
+    for i, (q, a) in enumerate(pairs):
+        conv.add("user", *([image, q] if i == 0 and image is not None else [q]))
+        conv.add("assistant", a)
+    return conv
+
+
+class Context:
+    """Base: the gold history, one sequence per dialogue with every scored round marked."""
+
+    name = "gold_history"
+    per_round = False
+    uses_image = True
+
+    def sequences(self, record: dict, image: Image) -> list[Sequence]:
+        pairs = rounds_of(record)
+        conv = _conversation(pairs, image if self.uses_image else None)
+        return [Sequence(record["id"], conv, [(r, r) for r in scored_rounds(record)])]
+
+    def history(self, record: dict, r: int) -> list[int]:
+        """The earlier rounds (in order of appearance) the context of round r holds."""
+        return list(range(r))
+
+
+class NoMedia(Context):
+    name = "no_media"
+    uses_image = False
+
+
+class PerRound(Context):
+    """A context built separately for every scored round from the rounds `history(record, r)` names."""
+
+    per_round = True
+
+    def sequences(self, record: dict, image: Image) -> list[Sequence]:
+        pairs = rounds_of(record)
+        out = []
+        for r in scored_rounds(record):
+            if r == 0:
+                continue
+            kept = [pairs[k] for k in self.history(record, r)] + [pairs[r]]
+            conv = _conversation(kept, image if self.uses_image else None)
+            out.append(Sequence(record["id"], conv, [(len(kept) - 1, r)]))
+        return out
+
+
+class LastN(PerRound):
+    """The last n rounds before the question (n = 0: no history), the image first."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.name = "no_history" if n == 0 else f"last_{n}"
+
+    def history(self, record: dict, r: int) -> list[int]:
+        return list(range(max(0, r - self.n), r))
+
+
+class Shuffled(PerRound):
+    """Every earlier round, in an order drawn from (seed, dialogue id, round): the same set, another order."""
+
+    name = "shuffled_history"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def history(self, record: dict, r: int) -> list[int]:
+        order = list(range(r))
+        rng = random.Random(f"{self.seed}/{record['id']}/{r}")
+        if r > 1:
+            while order == sorted(order):  # a real reordering, never the identity
+                rng.shuffle(order)
+        return order
+
+
+class WithPolicy(PerRound):
+    """A chat context policy (mmdialog.chat.policies) applied to the gold history before each question,
+    as a ChatSession with that policy would apply it; `count` counts a conversation's prompt tokens."""
+
+    def __init__(self, policy: Policy, count: Callable[[Conversation], int], name: str | None = None):
+        self.policy, self.count = policy, count
+        self.name = name or f"policy {policy.describe()}"
+
+    def sequences(self, record: dict, image: Image) -> list[Sequence]:
+        pairs = rounds_of(record)
+        out = []
+        for r in scored_rounds(record):
+            if r == 0:
+                continue
+            conv = _conversation(pairs[:r] + [(pairs[r][0], "")], image)
+            conv.turns = conv.turns[:-1]  # up to the question, as the session holds it before replying
+            ctx = self.policy.apply(conv, self.count)
+            ctx = Conversation(list(ctx.turns) + [Turn("assistant", [Text(pairs[r][1])])], dict(ctx.meta))
+            n_assistant = sum(t.role == "assistant" for t in ctx.turns)
+            out.append(Sequence(record["id"], ctx, [(n_assistant - 1, r)]))
+        return out
+
+
+ABLATIONS: dict[str, Callable[[], Context]] = {
+    "no_history": lambda: LastN(0),
+    "last_1": lambda: LastN(1),
+    "last_2": lambda: LastN(2),
+    "last_4": lambda: LastN(4),
+    "shuffled_history": lambda: Shuffled(0),
+    "no_media": NoMedia,
+}
+
+
+def record_image(record: dict, world_dir: str | Path) -> Image:
+    """The record's image as one Image part: its pixels are read once and shared by all its sequences."""
+    return Image(path=str(Path(world_dir) / record["image"]))

@@ -1,0 +1,148 @@
+"""The human-readable side of `mmdialog eval`: a markdown summary of metrics.json.
+
+Every table reads the same nested metrics; with several runs (checkpoints or --seeds) each cell is
+"mean ± std" over the runs.
+"""
+
+from __future__ import annotations
+
+from mmdialog.eval.multiturn import FINE_BUCKETS
+
+ABLATION_ORDER = ("no_history", "last_1", "last_2", "last_4", "shuffled_history", "no_media")
+
+
+def get(m: dict | None, *path):
+    for k in path:
+        if not isinstance(m, dict) or k not in m:
+            return None
+        m = m[k]
+    return m
+
+
+class Cells:
+    """Formats the value at a path of the metrics, with its std when the metrics are a mean over runs."""
+
+    def __init__(self, metrics: dict, std: dict | None = None):
+        self.m, self.s = metrics, std
+
+    def __call__(self, *path, signed: bool = False, digits: int = 3) -> str:
+        v = get(self.m, *path)
+        if v is None:
+            return "-"
+        text = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+        sd = get(self.s, *path) if self.s is not None else None
+        return f"{text} ± {sd:.{digits}f}" if sd is not None else text
+
+    def count(self, *path) -> str:
+        v = get(self.m, *path)
+        return "-" if v is None else f"{v:.0f}" if self.s is None else f"{v:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def lab_markdown(metrics: dict, *, title: str, std: dict | None = None, figures: list[str] = (),
+                 runs: list[str] = ()) -> str:
+    c = Cells(metrics, std)
+    gold = get(metrics, "modes", "gold_history") or {"accuracy": metrics["accuracy"], "counts": metrics["counts"]}
+    out = [f"# {title}", ""]
+    ev = metrics.get("eval", {})
+    if runs:
+        out += [f"Mean ± standard deviation over {len(runs)} runs: {', '.join(runs)}.", ""]
+    out += [f"{c.count('counts', 'overall')} questions in {c.count('counts', 'dialogues')} dialogues; greedy exact "
+            f"match (answers compared after lower-casing and dropping a final period). Gold history: "
+            f"{'teacher forced, one batched forward pass' if ev.get('gold_method') == 'teacher_forced' else 'generated'}.", ""]
+
+    out += ["## Accuracy with the gold history", ""]
+    rows = [["overall", c("accuracy", "overall"), c.count("counts", "overall")]]
+    rows += [[f"distance {b}", c("accuracy", "by_distance_fine", b), c.count("counts", "by_distance_fine", b)]
+             for b in FINE_BUCKETS]
+    out += _table(["questions", "accuracy", "n"], rows)
+    by_round = gold["accuracy"].get("by_round", {})
+    out += _table(["round"] + list(by_round), [["accuracy"] + [c("accuracy", "by_round", k) for k in by_round],
+                                               ["n"] + [c.count("counts", "by_round", k) for k in by_round]])
+    fams = gold["accuracy"].get("by_family", {})
+    out += _table(["family"] + list(fams), [["accuracy"] + [c("accuracy", "by_family", k) for k in fams],
+                                            ["n"] + [c.count("counts", "by_family", k) for k in fams]])
+    refs = gold["accuracy"].get("by_ref", {})
+    out += _table(["reference"] + list(refs), [["accuracy"] + [c("accuracy", "by_ref", k) for k in refs],
+                                               ["n"] + [c.count("counts", "by_ref", k) for k in refs]])
+
+    if "own_history" in metrics.get("modes", {}):
+        out += ["## Gold history vs the model's own answers", "",
+                f"On the first {c.count('gap', 'dialogues')} dialogues: `own_history` is a real chat (the model's "
+                "own earlier replies, captions included, stay in the context); the gap is gold minus own.", ""]
+        g, o = ("modes", "gold_history_same_dialogues"), ("modes", "own_history")
+        rows = [["overall", c(*g, "accuracy", "overall"), c(*o, "accuracy", "overall"), c("gap", "overall", signed=True)]]
+        rows += [[f"distance {b}", c(*g, "accuracy", "by_distance_fine", b), c(*o, "accuracy", "by_distance_fine", b),
+                  c("gap", "by_distance_fine", b, signed=True)] for b in FINE_BUCKETS]
+        rows += [["dialogues fully right", c(*g, "accuracy", "dialogues_fully_right"),
+                  c(*o, "accuracy", "dialogues_fully_right"), c("gap", "dialogues_fully_right", signed=True)],
+                 ["first failed round (normalised)", c(*g, "accuracy", "first_failed_round"),
+                  c(*o, "accuracy", "first_failed_round"), c("gap", "first_failed_round", signed=True)]]
+        out += _table(["", "gold history", "own history", "gap"], rows)
+    else:
+        out += ["## Dialogue level (gold history)", ""]
+        out += _table(["", "value"], [["dialogues fully right", c("accuracy", "dialogues_fully_right")],
+                                      ["first failed round (normalised)", c("accuracy", "first_failed_round")]])
+    out += ["Normalised first failed round: the first wrong round / (rounds + 1), 1.0 when none fails.", ""]
+
+    abl = metrics.get("ablations") or {}
+    if abl:
+        out += ["## Ablations", "",
+                "Accuracy when the question is put with less or altered context (teacher forced). `no_history`: "
+                "the image and the question only; `last_n`: the image and the last n rounds; `shuffled_history`: "
+                "every earlier round in a random order; `no_media`: the gold history without the image.", ""]
+        names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
+        rows = [["gold_history", c("accuracy", "overall")] + [c("accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]]
+        rows += [[n, c("ablations", n, "accuracy", "overall")]
+                 + [c("ablations", n, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS] for n in names]
+        if "history_gain" in metrics:
+            rows += [["**history gain** (gold - no_history)", c("history_gain", "overall", signed=True)]
+                     + [c("history_gain", "by_distance_fine", b, signed=True) for b in FINE_BUCKETS]]
+        out += _table(["context", "overall"] + [f"d {b}" for b in FINE_BUCKETS], rows)
+        out += ["The history gain should be about 0 at distance 0 (the image answers those) and large beyond.", ""]
+
+    if metrics.get("ranking"):
+        out += ["## Ranking candidate answers by likelihood", "",
+                f"{c.count('ranking', 'questions')} questions of {c.count('ranking', 'dialogues')} dialogues, "
+                f"{c.count('ranking', 'candidates')} candidates each: every answer of the world as written, with "
+                "its first letter's case flipped and with a final period (those three forms of the gold answer are "
+                "the acceptable ones for NDCG).", ""]
+        out += _table(["MRR", "R@1", "R@5", "R@10", "mean rank", "NDCG"],
+                      [[c("ranking", "mrr"), c("ranking", "r@1"), c("ranking", "r@5"), c("ranking", "r@10"),
+                        c("ranking", "mean_rank", digits=2), c("ranking", "ndcg")]])
+
+    held = metrics.get("heldout") or {}
+    if held:
+        out += ["## Held-out splits", "", "Gold history, teacher forced; `no_history` beside it gives the history gain.", ""]
+        rows = [["main split", c("accuracy", "overall")] + [c("accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
+                + [c.count("counts", "overall")]]
+        for name in held:
+            rows.append([name, c("heldout", name, "accuracy", "overall")]
+                        + [c("heldout", name, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
+                        + [c.count("heldout", name, "counts", "overall")])
+            if get(metrics, "heldout", name, "no_history") is not None:
+                rows.append([f"{name} no_history", c("heldout", name, "no_history", "accuracy", "overall")]
+                            + [c("heldout", name, "no_history", "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
+                            + [""])
+        out += _table(["split", "overall"] + [f"d {b}" for b in FINE_BUCKETS] + ["n"], rows)
+        for name in held:
+            if get(metrics, "heldout", name, "pair_questions") is not None:
+                out += [f"`{name}`: questions about a held-out shape-colour pair "
+                        f"{c('heldout', name, 'pair_questions', 'accuracy')} (n={c.count('heldout', name, 'pair_questions', 'n')}), "
+                        f"other questions {c('heldout', name, 'other_questions', 'accuracy')} "
+                        f"(n={c.count('heldout', name, 'other_questions', 'n')}).", ""]
+            if get(metrics, "heldout", name, "rounds") is not None:
+                out += [f"`{name}`: {c.count('heldout', name, 'rounds')} question rounds per dialogue.", ""]
+
+    if metrics.get("failed_dialogues"):
+        out += [f"{len(metrics['failed_dialogues'])} dialogue(s) could not be evaluated (see metrics.json "
+                "`failed_dialogues`).", ""]
+    secs = ev.get("seconds") or {}
+    if secs:
+        out += ["## Time", "", ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + ".", ""]
+    if figures:
+        out += ["## Figures", ""] + [f"![{f}]({f})\n" for f in figures]
+    return "\n".join(out) + "\n"
