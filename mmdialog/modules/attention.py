@@ -20,6 +20,10 @@ class Attention(nn.Module):
     causal_mask() below builds.
     """
 
+    # Off (None) by default. mmdialog.explain sets a list on the layers it inspects; each forward then also
+    # appends its attention probabilities (B, nh, T, S), computed beside SDPA, whose output is unchanged.
+    record: list | None = None
+
     def __init__(self, *, dim: int, heads: int, kv_heads: int | None = None, causal: bool,
                  rope: RotaryEmbedding | None = None, bias: bool = False, dropout: float = 0.0):
         super().__init__()
@@ -60,8 +64,22 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.kv_heads != self.heads,
         ).to(dtype)  # (B, nh, T, hs)
+        if self.record is not None:
+            self.record.append(attention_probs(q, k, mask, is_causal))
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out_proj(y)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) under the mask SDPA was given: (B, nh, T, S); for inspection, not for speed."""
+    if k.shape[1] != q.shape[1]:  # grouped-query: each kv head serves heads // kv_heads query heads
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, nh, T, S)
+    if is_causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
 
 
 def causal_mask(*, past: int, q_len: int, padding_mask: torch.Tensor | None = None,
