@@ -4,7 +4,7 @@ Each client resends its whole history every turn (as OpenAI clients do), with an
 turn and streaming on every other turn. Prints p50/p95 latency per turn index, the share of prompt
 tokens served from the cache, the error count (must be 0) and the server process's peak memory (VmHWM).
 
-Usage: python benchmarks/chat_serve_load.py [--checkpoint CKPT] [--clients 16] [--turns 8] [--max-tokens 8]
+Usage: python benchmarks/serve_load.py [--checkpoint CKPT] [--clients 16] [--turns 8] [--max-tokens 8]
 Without a checkpoint, a demo-sized model with random weights is saved to a temporary directory first.
 No asserts on time: the script prints figures.
 """

@@ -8,7 +8,7 @@ For each turn: time to first token (TTFT) and decode tokens/s of
       whole conversation's input embeddings (images encoded and fused by our model) each turn.
 Prints the ratios (b)/(a) and (c)/(a) at turns 1, 8 and 16, and whether (a) and (b) agree token for token.
 
-Usage: python benchmarks/chat_multiturn_latency.py [--checkpoint CKPT] [--device cpu|cuda] [--threads N]
+Usage: python benchmarks/multiturn_latency.py [--checkpoint CKPT] [--device cpu|cuda] [--threads N]
        [KEY=VALUE model overrides, e.g. model.decoder.dim=512 model.decoder.depth=8]
 Without a checkpoint: the demo-sized model (configs/demo.yaml) with random weights; timings do not depend on them.
 Random weights rarely produce <|end|>, so every reply runs to --max-new-tokens: the decode rates are comparable.
