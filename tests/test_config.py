@@ -18,8 +18,13 @@ def test_every_shipped_config_loads_and_builds(path):
 
     cfg = load_config(path)
     assert isinstance(cfg, Config)
-    model = build_model(cfg.model, vocab_size=64, placeholder_ids={"image": 9})
-    assert model.num_media_tokens("image") == (cfg.model.image.image_size // cfg.model.image.patch_size) ** 2
+    model = build_model(cfg.model, vocab_size=64, placeholder_ids={"image": 9, "audio": 10, "video": 11})
+    encoder_tokens = model.encoders["image"].num_tokens
+    if "image" not in cfg.model.encoders:
+        assert encoder_tokens == (cfg.model.image.image_size // cfg.model.image.patch_size) ** 2
+    # one placeholder per item for cross-attention, the query count for the resampler, else every encoder token
+    expected = {"cross_attention": 1, "resampler": cfg.model.fusion.num_queries}.get(cfg.model.fusion.name, encoder_tokens)
+    assert model.num_media_tokens("image") == expected
 
 
 def test_overrides_are_typed():

@@ -142,3 +142,171 @@ def test_bf16_autocast_cached_decoding_runs():
         tokens = model.generate(ids, torch.rand(1, 3, 16, 16), max_new_tokens=5, eos_id=-1, cache=cache)
     assert len(tokens) == 5 and all(0 <= t < V for t in tokens)
     assert cache.keys[0].dtype == torch.bfloat16 and cache.seq_len == ids.shape[1] + 4
+
+
+# -- several encoders: model.encoders, audio and video through processor, collator, model and chat ------------
+
+import io  # noqa: E402
+import wave  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
+from mmdialog.config import load_config  # noqa: E402
+
+AV = [
+    "model.image.image_size=16", "model.image.patch_size=8", "model.image.dim=24", "model.image.depth=1",
+    "model.image.heads=2", "model.decoder.dim=32", "model.decoder.depth=2", "model.decoder.heads=2",
+    "model.decoder.max_seq_len=512",
+    "model.encoders.audio={name: audio_cnn, sample_rate: 8000, clip_seconds: 0.5, n_mels: 16, n_fft: 256, "
+    "hop_length: 80, dim: 24, widths: [8, 16]}",
+    "model.encoders.video={name: video_tubelet, num_frames: 4, image_size: 16, tubelet: 2, patch_size: 8, dim: 24, "
+    "depth: 1, heads: 2}",
+]
+
+
+def wav_bytes(seconds: float, rate: int, freq: float = 440.0) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def gif(path, frames: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ims = [PILImage.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(frames)]
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=100)
+    return str(path)
+
+
+def av_model(tokenizer, *extra):
+    from mmdialog.data.processor import Processor
+
+    cfg = load_config(None, AV + list(extra))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids)).eval()
+    return model, Processor.for_model(tokenizer, model, max_length=512)
+
+
+def test_config_with_several_encoders_builds_each_modality(tokenizer):
+    model, proc = av_model(tokenizer)
+    assert sorted(model.encoders) == ["audio", "image", "video"]
+    assert model.num_media_tokens("audio") == (4000 // 80) // 4 and model.num_media_tokens("video") == 2 * 2 * 2
+    assert proc.media_tokens("audio") == model.num_media_tokens("audio") and proc.image_size == 16
+    media = model.encode_media(images=torch.rand(1, 3, 16, 16), audios=torch.rand(2, 4000),
+                               videos=torch.rand(1, 4, 3, 16, 16))
+    assert media["audio"].shape == (2, 12, 24) and media["video"].shape == (1, 8, 24)
+
+
+def test_model_encoders_config_errors_name_the_key():
+    base = AV[:9]
+    with pytest.raises(MMDialogError, match=r"unknown config key model\.encoders\.audio\.widht.*takes:.*widths"):
+        build_model(load_config(None, base + ["model.encoders.audio={name: audio_cnn, widht: 3}"]).model,
+                    vocab_size=V, placeholder_ids={"image": IMG, "audio": 4})
+    with pytest.raises(MMDialogError, match="unknown encoder 'nope'; known:.*audio_cnn"):
+        build_model(load_config(None, base + ["model.encoders.audio={name: nope}"]).model, vocab_size=V,
+                    placeholder_ids={"image": IMG, "audio": 4})
+    with pytest.raises(MMDialogError, match=r"model\.encoders\.audio\.dim' must be int"):
+        build_model(load_config(None, base + ["model.encoders.audio={name: audio_cnn, dim: wide}"]).model,
+                    vocab_size=V, placeholder_ids={"image": IMG, "audio": 4})
+    with pytest.raises(MMDialogError, match="set twice, in model.image and model.encoders.image"):
+        build_model(load_config(None, base + ["model.encoders.image={name: resnet, image_size: 16}"]).model,
+                    vocab_size=V, placeholder_ids={"image": IMG})
+    with pytest.raises(MMDialogError, match="model.encoders.text: media encoders exist for image, audio, video"):
+        build_model(load_config(None, base + ["model.encoders.text={name: bert, vocab_size: 10}"]).model,
+                    vocab_size=V, placeholder_ids={"image": IMG})
+    with pytest.raises(MMDialogError, match="model.decoder.path is set but decoder 'causal' does not use it"):
+        build_model(load_config(None, base + ["model.decoder.path=/x"]).model, vocab_size=V,
+                    placeholder_ids={"image": IMG})
+
+
+def test_image_encoder_from_model_encoders_replaces_model_image(tokenizer):
+    cfg = load_config(None, ["model.encoders.image={name: resnet, image_size: 16, dim: 24, widths: [8, 16]}",
+                             "model.decoder.dim=32", "model.decoder.depth=1", "model.decoder.heads=2"])
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
+    assert type(model.encoders["image"]).__name__ == "ResNetEncoder" and model.num_media_tokens("image") == 16
+
+
+def test_processor_and_collator_carry_audio_and_video(tokenizer, tmp_path):
+    from mmdialog.data.collate import Collator
+    from mmdialog.data.conversation import Audio, Conversation, Video
+
+    model, proc = av_model(tokenizer)
+    conv = Conversation().add("user", Audio(data=wav_bytes(0.3, 16000), format="wav"), "How many red things are there?")
+    conv.add("assistant", "2").add("user", Video(path=gif(tmp_path / "a.gif", 6)), "What colour is it?")
+    ex = proc(conv, add_generation_prompt=True)
+    ids = ex.input_ids.tolist()
+    assert ids.count(tokenizer.media_ids["audio"]) == 12 and ids.count(tokenizer.media_ids["video"]) == 8
+    assert ex.audios.shape == (1, 4000) and ex.videos.shape == (1, 4, 3, 16, 16) and ex.images is None
+    assert ex.audios[0, 2400:].abs().max() == 0  # resampled to 8 kHz: 0.3 s = 2400 samples, then silence
+    other = proc(Conversation().add("user", Audio(data=wav_bytes(0.1, 8000))).add("assistant", "ok"))
+    batch = Collator(tokenizer.pad_id)([ex, other])
+    assert batch["audios"].shape == (2, 4000) and batch["videos"].shape == (1, 4, 3, 16, 16) and "images" not in batch
+    out = model(**batch, return_logits=True)
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_bad_audio_and_video_are_named(tokenizer, tmp_path):
+    from mmdialog.data.conversation import Audio, Conversation, Video
+
+    _, proc = av_model(tokenizer)
+    long = Conversation().add("user", Audio(path=str(tmp_path / "long.wav")), "hi")
+    (tmp_path / "long.wav").write_bytes(wav_bytes(0.8, 8000))
+    with pytest.raises(MMDialogError, match=r"long.wav lasts 0.80 s, longer than the audio encoder's 0.50 s"):
+        proc(long)
+    (tmp_path / "x.mp3").write_bytes(b"ID3not really")
+    with pytest.raises(MMDialogError, match="x.mp3: cannot read the audio as PCM WAV"):
+        proc(Conversation().add("user", Audio(path=str(tmp_path / "x.mp3"))))
+    with pytest.raises(MMDialogError, match="short.gif has 2 frame.*fewer than the 4"):
+        proc(Conversation().add("user", Video(path=gif(tmp_path / "short.gif", 2))))
+    np.save(tmp_path / "bad.npy", np.zeros((4, 16, 16), dtype=np.uint8))
+    with pytest.raises(MMDialogError, match=r"bad.npy holds uint8 \(4, 16, 16\), expected \(frames, H, W, 3\)"):
+        proc(Conversation().add("user", Video(path=str(tmp_path / "bad.npy"))))
+    with pytest.raises(MMDialogError, match=r"holds 0 <\|audio\|> placeholder\(s\) but 1 audio clip"):
+        proc.expand(tokenizer.encode("<|user|>hi<|end|>"), {"audio": 1})
+
+
+def test_resampling_keeps_the_pitch():
+    from mmdialog.data.processor import resample
+
+    rate = 44100
+    t = torch.arange(rate // 2, dtype=torch.float64) / rate
+    x = torch.sin(2 * torch.pi * 440 * t)
+    y = resample(x, rate, 16000)
+    assert y.shape == (8000,)
+    peak = torch.fft.rfft(y).abs().argmax().item() * 16000 / y.shape[0]
+    assert abs(peak - 440) <= 2
+
+
+@pytest.mark.parametrize("fusion", [[], ["model.fusion.name=cross_attention", "model.fusion.heads=2",
+                                         "model.fusion.gate_init=1.0"]], ids=["concat", "cross_attention"])
+def test_chat_with_audio_and_video_equals_reencoding(tokenizer, tmp_path, fusion):
+    from mmdialog.chat.sampling import SamplingParams
+    from mmdialog.chat.session import ChatSession
+    from mmdialog.data.conversation import Audio, Video
+    from tests.chat.reference import scratch_ids
+    from tests.conftest import random_image
+
+    model, proc = av_model(tokenizer, *fusion)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.normal_(0.0, 0.3)
+    params = SamplingParams(max_new_tokens=4)
+    session = ChatSession(model, proc, sampling=params)
+    clip = Audio(data=wav_bytes(0.4, 8000, 600.0))
+    turns = [[Audio(data=wav_bytes(0.2, 8000)), "How many red things are there?"],
+             [Video(path=gif(tmp_path / "v.gif", 5, seed=3)), "What colour is it?"],
+             [random_image(16), clip, "Is there a green triangle?"], ["What about blue ones?"],
+             [Audio(data=wav_bytes(0.4, 8000, 600.0)), "How many of them are large?"]]  # the same clip again
+    for t, parts in enumerate(turns):
+        session.add("user", *parts)
+        expected = scratch_ids(model, proc, session.conv, params)
+        session.generate()
+        assert session.last.token_ids == expected, f"turn {t}"
+    assert session.stats["media_encoded"] == 4  # the repeated clip came from the media cache
+    assert len(session.cached_media) == 5

@@ -20,7 +20,8 @@ from mmdialog.registry import ENCODERS
 class ViTEncoder(nn.Module):
     """(N, 3, H, W) pixels normalised to [-1, 1] -> (N, num_tokens, dim), num_tokens = (image_size // patch_size)**2."""
 
-    def __init__(self, *, image_size: int, patch_size: int, dim: int, depth: int, heads: int, mlp_ratio: float):
+    def __init__(self, *, image_size: int = 64, patch_size: int = 16, dim: int = 128, depth: int = 2, heads: int = 4,
+                 mlp_ratio: float = 4.0):
         super().__init__()
         if image_size % patch_size:
             raise MMDialogError(f"image size {image_size} is not a multiple of the patch size {patch_size}")

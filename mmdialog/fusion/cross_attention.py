@@ -112,4 +112,4 @@ class CrossAttentionFusion(nn.Module):
 
     def gates(self) -> list[tuple[float, float]]:
         """tanh of each block's (attention, MLP) gate: how open the media path is."""
-        return [(float(torch.tanh(b.attn_gate)), float(torch.tanh(b.mlp_gate))) for b in self.blocks]
+        return [(float(torch.tanh(b.attn_gate.detach())), float(torch.tanh(b.mlp_gate.detach()))) for b in self.blocks]

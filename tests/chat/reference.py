@@ -20,7 +20,8 @@ def scratch_ids(model, proc, conv, params: SamplingParams) -> list[int]:
     stream = TextStream(proc.tokenizer.decode, params.stop)
     reply: list[int] = []
     for _ in range(params.max_new_tokens):
-        logits = model(input_ids=torch.tensor([prompt + reply]), images=ex.images).logits[0, -1]
+        logits = model(input_ids=torch.tensor([prompt + reply]), images=ex.images, audios=ex.audios,
+                       videos=ex.videos).logits[0, -1]
         nxt = sampler(logits, reply)
         if nxt == proc.tokenizer.end_id:
             break

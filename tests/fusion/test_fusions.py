@@ -101,7 +101,7 @@ def test_a_few_training_steps_lower_the_loss_and_reach_the_encoder(name):
             # closed gates keep gradients from the encoder at first; their own gradient opens them
             assert fus and (enc is not None or name == "cross_attention")
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 0.5, losses
 
 
