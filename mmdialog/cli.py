@@ -1,4 +1,5 @@
-"""`mmdialog {demo,world,train,eval,chat,serve}`: one function per subcommand; errors print one clear line."""
+"""`mmdialog {demo,world,train,eval,explain,report,experiment,chat,serve,...}`: one function per subcommand;
+errors print one clear line."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def cmd_world(args) -> None:
     from mmdialog.data.worlds.shapes import generate_world
 
     summary = generate_world(Path(args.out), dialogues=args.dialogues, seed=args.seed, image_size=args.image_size,
-                             rounds=args.rounds)
+                             rounds=args.rounds, held_out=args.held_out or (),
+                             held_out_dialogues=args.held_out_dialogues, long_rounds=args.long_rounds)
     print(json.dumps(summary, indent=2))
 
 
@@ -60,26 +62,55 @@ def _report_skipped(skipped, path: Path, show: int = 20) -> None:
 
 
 def cmd_eval(args) -> None:
+    from mmdialog.eval.run import run_eval
+
+    run_eval(args.checkpoint, args.out, world=args.world, split=args.split, seeds=args.seeds or (),
+             max_dialogues=args.max_dialogues, own_history=None if args.own_history < 0 else args.own_history,
+             ranking=None if args.ranking < 0 else args.ranking, ablations=tuple(args.ablations),
+             heldout=not args.no_heldout, gold_method=args.gold_method)
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
+
+
+def _world_of(ck, world: str | None) -> Path:
+    w = Path(world or ck.meta.get("world", ""))
+    if not (w / "world.json").is_file():
+        raise MMDialogError(f"no world at {w!s}; pass --world DIR")
+    return w
+
+
+def cmd_explain(args) -> None:
     from mmdialog.data.worlds.shapes import load_split
-    from mmdialog.eval.multiturn import evaluate, write_predictions
+    from mmdialog.explain import explain_dialogue
     from mmdialog.export import load_any
 
     ck = load_any(args.checkpoint)
-    world = Path(args.world or ck.meta.get("world", ""))
-    if not (world / "world.json").is_file():
-        raise MMDialogError(f"no world at {world!s}; pass --world DIR")
-    records = load_split(world, args.split)
-    if args.max_dialogues:
-        records = records[: args.max_dialogues]
-    summary, preds = evaluate(ck.model, ck.processor, records, world, max_new_tokens=ck.config.eval.max_new_tokens)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    write_predictions(preds, out / "predictions.jsonl")
-    acc = summary["accuracy"]
-    print(f"accuracy {acc['overall']:.3f} over {summary['counts']['overall']} questions; by distance: "
-          + ", ".join(f"{k}: {v:.3f}" if v is not None else f"{k}: -" for k, v in acc["by_distance"].items()))
-    print(f"wrote {out / 'metrics.json'}")
+    world = _world_of(ck, args.world)
+    split = args.split or args.dialogue.rsplit("-", 1)[0]
+    records = load_split(world, split)
+    match = [r for r in records if r["id"] == args.dialogue]
+    if not match:
+        raise MMDialogError(f"no dialogue {args.dialogue!r} in {world / (split + '.jsonl')} "
+                            f"(ids run {records[0]['id']} .. {records[-1]['id']})" if records else f"{split} is empty")
+    result = explain_dialogue(ck.model, ck.processor, match[0], world, args.out,
+                              max_new_tokens=ck.config.eval.max_new_tokens)
+    print(f"wrote {Path(args.out) / 'explain.md'}: " + ", ".join(result["files"]))
+
+
+def cmd_report(args) -> None:
+    from mmdialog.eval.report import build_report
+
+    print(f"wrote {build_report(args.runs, args.out)}")
+
+
+def cmd_experiment(args) -> None:
+    from mmdialog.eval.experiment import run_experiment
+
+    cfg = _config(args)
+    s = run_experiment(cfg, Path(args.out), budget_minutes=args.budget_minutes, seeds=args.seeds,
+                       variants=tuple(args.variants), policies=tuple(args.policies), eval_dialogues=args.eval_dialogues,
+                       own_dialogues=args.own_dialogues)
+    print(f"wrote {Path(args.out) / 'experiment.md'}, experiment.json, experiment.png, report.html "
+          f"({s['settings']['wall_seconds']:.0f}s)")
 
 
 def cmd_chat(args) -> None:
@@ -147,7 +178,7 @@ def cmd_demo(args) -> None:
           + f"; needs history {acc['needs_history']:.3f}")
     print(f"train: {m['train']['steps']} steps, {m['train']['wall_seconds']:.0f}s, {m['train']['tokens_per_second']:.0f} tokens/s; "
           f"model: {m['model']['parameters']:,} parameters")
-    print(f"wrote {args.out}/metrics.json, transcript.md, plots.png, checkpoint/")
+    print(f"wrote {args.out}/metrics.json, summary.md, transcript.md, plots.png, explain/, report.html, checkpoint/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--image-size", type=int, default=64)
     sp.add_argument("--rounds", type=int, default=8, help="question rounds per dialogue after the caption")
+    sp.add_argument("--held-out", action="append", metavar="KINDS",
+                    help="add held-out test splits, comma-separated or repeated: long (test_long: at least twice "
+                         "the rounds), combos (test_combos: shape-colour pairs that train/val/test never show; "
+                         "this changes train/val/test), paraphrase (test_paraphrase: questions in unseen "
+                         "wordings), or all")
+    sp.add_argument("--held-out-dialogues", type=int, help="dialogues per held-out split (default: as many as test)")
+    sp.add_argument("--long-rounds", type=int, help="question rounds of test_long (default and minimum: 2 x --rounds)")
     sp.set_defaults(func=cmd_world)
 
     sp = sub.add_parser("train", help="train a model from a config", description="Train; writes OUT/checkpoint and OUT/train_log.jsonl.")
@@ -178,14 +216,84 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("eval", help="multi-turn accuracy of a checkpoint by dependency distance, round, family",
-                        description="Greedy answers to every question with the gold history; writes OUT/metrics.json.")
-    sp.add_argument("--checkpoint", required=True)
+    sp = sub.add_parser("eval", help="multi-turn evaluation lab: accuracy by distance, gold vs own history, "
+                                     "ablations, ranking, held-out splits",
+                        description="Evaluate checkpoints on a split of the world: exact-match accuracy overall, by "
+                                    "dependency distance (0, 1, 2, 3-5, 6+), round, family and reference with counts; "
+                                    "the gold history (teacher forced: one batched pass) vs the model's own answers "
+                                    "(a real chat) and the gap; dialogues fully right and the first failed round; "
+                                    "ablations (no_history, last_1/2/4, shuffled_history, no_media) and the history "
+                                    "gain per distance; candidate answers ranked by likelihood (MRR, R@1/5/10, mean "
+                                    "rank, NDCG); every held-out split the world has. Writes OUT/metrics.json, "
+                                    "OUT/summary.md, plots and predictions. Several checkpoints or --seeds: mean and "
+                                    "std over the runs.")
+    sp.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                    help="checkpoint or export directory; several (e.g. one per training seed): mean and std")
     sp.add_argument("--out", required=True)
     sp.add_argument("--world", help="world directory (default: the one the checkpoint was trained on)")
-    sp.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sp.add_argument("--split", default="test",
+                    choices=["train", "val", "test", "test_long", "test_combos", "test_paraphrase"])
+    sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="evaluate on a fresh sample of the split drawn with each seed (written to OUT/worlds/), "
+                         "and report mean and std over them")
     sp.add_argument("--max-dialogues", type=int, default=0, help="evaluate only the first N dialogues (0: all)")
+    sp.add_argument("--own-history", type=int, default=-1, metavar="N",
+                    help="run the real chat (own history, generated) on the first N dialogues (default: all; 0: skip)")
+    sp.add_argument("--ranking", type=int, default=-1, metavar="N",
+                    help="rank candidate answers on the first N dialogues (default: all; 0: skip)")
+    sp.add_argument("--ablations", nargs="*", default=["no_history", "last_1", "last_2", "last_4", "shuffled_history",
+                                                       "no_media"], metavar="NAME",
+                    help="ablations to run (default: all six; none: skip)")
+    sp.add_argument("--no-heldout", action="store_true", help="skip the world's held-out splits")
+    sp.add_argument("--gold-method", default="teacher_forced", choices=["teacher_forced", "generate"],
+                    help="how gold-history answers are decided: teacher forced (default, one batched pass) or "
+                         "generated turn by turn (the slow reference; same verdicts up to tokenisation)")
     sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("explain", help="attention views of one dialogue: per answer, to each earlier round, the "
+                                        "image and the question; image-patch heatmaps",
+                        description="For each answer of a dialogue (gold history): how much attention went to each "
+                                    "earlier round, to the image tokens, to the current question and to its own reply "
+                                    "so far, per decoder layer and averaged, as heatmaps over rounds; attention over "
+                                    "the image patches laid over the image; the fusion's gates or weights where it "
+                                    "exposes them. Writes PNGs, explain.json and explain.md (the report).")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--dialogue", required=True, metavar="ID", help="dialogue id, e.g. test-00012")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--world", help="world directory (default: the one the checkpoint was trained on)")
+    sp.add_argument("--split", help="split holding the dialogue (default: from the id, e.g. test for test-00012)")
+    sp.set_defaults(func=cmd_explain)
+
+    sp = sub.add_parser("report", help="one self-contained HTML page over run directories",
+                        description="Build one HTML page (images embedded) from run directories: training curves, "
+                                    "accuracy tables and plots (by distance and round, gold vs own history, "
+                                    "ablations, held-out splits, ranking), explain heatmaps if present, and for "
+                                    "several runs a side-by-side comparison.")
+    sp.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                    help="directories holding metrics.json (or eval/metrics.json), train_log.jsonl, explain outputs")
+    sp.add_argument("--out", required=True, help="the HTML file to write")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("experiment", help="train variants and compare their multi-turn skill (the lab's experiment)",
+                        description="multiturn: train variants of the same model on the same world (loss on every "
+                                    "assistant turn vs the last one only; with and without history augmentation) "
+                                    "over several seeds, evaluate each with the context policies full, last_k, "
+                                    "token_budget and summary at inference, and compare them in one table and plot "
+                                    "(OUT/experiment.md, experiment.json, experiment.png, report.html).")
+    sp.add_argument("name", choices=["multiturn"], help="the experiment to run")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--budget-minutes", type=float, default=30.0,
+                    help="wall-clock budget; three quarters are split evenly between the training runs (default 30)")
+    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds per variant (default: 0 1)")
+    sp.add_argument("--variants", nargs="+", default=["every_turn", "last_turn", "every_turn+augment"],
+                    choices=["every_turn", "last_turn", "every_turn+augment", "last_turn+augment"])
+    sp.add_argument("--policies", nargs="+", default=["full", "last_k:4", "token_budget:128", "summary:3"],
+                    help="context policies at inference (as chat --policy takes them)")
+    sp.add_argument("--eval-dialogues", type=int, default=300, help="test dialogues each run is evaluated on")
+    sp.add_argument("--own-dialogues", type=int, default=100,
+                    help="of those, the ones chatted through (own history) under each policy")
+    with_config(sp)
+    sp.set_defaults(func=cmd_experiment)
 
     sp = sub.add_parser("chat", help="terminal chat with a checkpoint (KV cache kept across turns)",
                         description="Chat in the terminal; replies stream in. Commands: /image PATH, /policy NAME [ARG], "

@@ -1,8 +1,7 @@
-"""`mmdialog demo`: generate the world, train, evaluate, chat about one test image, plot."""
+"""`mmdialog demo`: generate the world, train, evaluate, chat about one test image, plot, explain, report."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,10 +9,18 @@ from mmdialog.chat.session import ChatSession
 from mmdialog.config import Config
 from mmdialog.data.conversation import Image
 from mmdialog.data.worlds.shapes import generate_world, load_split
-from mmdialog.eval.multiturn import evaluate, normalise, write_predictions
+from mmdialog.eval.lab import run_lab
+from mmdialog.eval.multiturn import normalise
 from mmdialog.eval.plots import plot_run
+from mmdialog.eval.report import build_report
+from mmdialog.eval.run import write_outputs
+from mmdialog.explain import explain_dialogue
 from mmdialog.model import count_parameters
 from mmdialog.train.trainer import prepare, train
+
+
+DEMO_OWN_HISTORY = 150  # dialogues chatted through with the model's own answers (generation)
+DEMO_RANKING = 100  # dialogues whose questions get their candidate answers ranked
 
 
 def ensure_world(cfg: Config, out: Path, progress: bool = True, log=print) -> Path:
@@ -54,20 +61,28 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
     if cfg.eval.max_dialogues:
         records = records[: cfg.eval.max_dialogues]
     t = time.perf_counter()
-    summary, preds = evaluate(model, processor, records, world, max_new_tokens=cfg.eval.max_new_tokens, progress=progress)
+    # The gold history and the ablations are teacher forced (one batched pass each); the real chat (own
+    # history) and the ranking generate or score per question, so they run on the first dialogues only.
+    lab = run_lab(model, processor, records, world, max_new_tokens=cfg.eval.max_new_tokens,
+                  own_history=DEMO_OWN_HISTORY, ranking=DEMO_RANKING, progress=progress)
+    summary = lab.metrics
     eval_seconds = time.perf_counter() - t
+    log(f"evaluated {len(records)} dialogues in {eval_seconds:.0f}s "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in summary["eval"]["seconds"].items()))
     metrics = {
         **summary,
         "train": {"wall_seconds": result.wall_seconds, "steps": result.steps, "tokens": result.tokens,
                   "tokens_per_second": result.tokens_per_second, "final_loss": result.final_loss,
                   "skipped_conversations": result.skipped},
-        "eval": {"split": cfg.eval.split, "dialogues": len(records), "wall_seconds": eval_seconds},
+        "eval": {**summary["eval"], "split": cfg.eval.split, "dialogues": len(records), "wall_seconds": eval_seconds},
         "model": {"parameters": count_parameters(model)},
         "world": str(world),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_predictions(preds, out / "predictions.jsonl")
+    # metrics.json, summary.md, accuracy.png, ablations.png, predictions.jsonl (+ _own, _ablations), ranking.jsonl
+    write_outputs(lab, metrics, out, title=f"Multi-turn evaluation of the demo model on {cfg.eval.split}")
     session = ChatSession(model, processor, max_new_tokens=cfg.eval.max_new_tokens)
     write_transcript(session, records[0], world, out / "transcript.md")
     plot_run(result.losses, metrics, out / "plots.png")
+    explain_dialogue(model, processor, records[0], world, out / "explain", max_new_tokens=cfg.eval.max_new_tokens)
+    build_report([out], out / "report.html", title="mmdialog demo")
     return metrics

@@ -45,15 +45,15 @@ def test_difference_and_aggregate():
 def test_run_lab_on_a_tiny_model(tiny, world32, tmp_path):
     model, proc = tiny
     world, records = world32
-    res = run_lab(model, proc, records[:3], world, max_new_tokens=3, own_history=2, ranking=1, progress=False)
+    res = run_lab(model, proc, records[:2], world, max_new_tokens=3, own_history=1, ranking=1, progress=False)
     m = res.metrics
-    n = sum(rd["scored"] for r in records[:3] for rd in r["rounds"])
+    n = sum(rd["scored"] for r in records[:2] for rd in r["rounds"])
     assert m["counts"]["overall"] == n == len(res.predictions["gold_history"])
     assert set(m["ablations"]) == {"no_history", "last_1", "last_2", "last_4", "shuffled_history", "no_media"}
     # every ablation scores the same questions (round 0, the caption, is never scored)
     for name in m["ablations"]:
         assert m["ablations"][name]["counts"]["overall"] == n
-    assert m["gap"]["dialogues"] == 2 and m["modes"]["own_history"]["counts"]["dialogues"] == 2
+    assert m["gap"]["dialogues"] == 1 and m["modes"]["own_history"]["counts"]["dialogues"] == 1
     assert m["ranking"]["questions"] == sum(rd["scored"] for rd in records[0]["rounds"])
     assert set(m["history_gain"]["by_distance_fine"]) == {"0", "1", "2", "3-5", "6+"}
     assert set(m["eval"]["seconds"]) >= {"gold_history", "own_history", "no_history", "ranking"}
