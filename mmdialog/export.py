@@ -192,8 +192,7 @@ def load_export(directory: str | Path, device: str = "cpu") -> Loaded:
             raise MMDialogError(f"{d}: {k} has shape {tuple(t.shape)}, this config builds {tuple(expected[k].shape)}")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    processor = Processor(tokenizer, image_size=cfg.model.image.image_size, image_tokens=model.num_media_tokens("image"),
-                          max_length=cfg.model.decoder.max_seq_len)
+    processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     meta = {**config.get("meta", {}), "format": FORMAT, "vocab_size": config["vocab_size"],
             "placeholder_ids": config["placeholder_ids"]}
     return Loaded(model, processor, tokenizer, cfg, meta)

@@ -88,8 +88,7 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> Loaded:
             f"{d}/model.safetensors is from another model: missing {sorted(missing_keys)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     model.to(device).eval()
-    processor = Processor(tokenizer, image_size=cfg.model.image.image_size, image_tokens=model.num_media_tokens("image"),
-                          max_length=cfg.model.decoder.max_seq_len)
+    processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     return Loaded(model, processor, tokenizer, cfg, meta)
 
 

@@ -100,8 +100,7 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True):
         ChatTokenizer.train(texts, cfg.tokenizer.vocab_size)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
-    processor = Processor(tokenizer, image_size=cfg.model.image.image_size,
-                          image_tokens=model.num_media_tokens("image"), max_length=cfg.model.decoder.max_seq_len)
+    processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     if cfg.data.train_file:
         dataset = data.dataset(processor, modalities=model.encoders.keys(), progress=progress)
     else:

@@ -56,7 +56,7 @@ def _check_length(conv: Conversation, checks: Checks) -> None:
     if checks.processor is not None:
         proc = checks.processor
         try:
-            n = len(proc.expand(proc.token_ids(conv), len(conv.media("image"))))
+            n = len(proc.expanded_ids(conv))
         except MMDialogError as e:
             raise RecordError(RESERVED, str(e)) from None
         limit = checks.max_length or proc.max_length
