@@ -67,6 +67,7 @@ def cmd_eval(args) -> None:
     run_eval(args.checkpoint, args.out, world=args.world, split=args.split, seeds=args.seeds or (),
              max_dialogues=args.max_dialogues, own_history=None if args.own_history < 0 else args.own_history,
              ranking=None if args.ranking < 0 else args.ranking, ablations=tuple(args.ablations),
+             ablation_dialogues=None if args.ablation_dialogues < 0 else args.ablation_dialogues,
              heldout=not args.no_heldout, gold_method=args.gold_method)
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
 
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ablations", nargs="*", default=["no_history", "last_1", "last_2", "last_4", "shuffled_history",
                                                        "no_media"], metavar="NAME",
                     help="ablations to run (default: all six; none: skip)")
+    sp.add_argument("--ablation-dialogues", type=int, default=-1, metavar="N",
+                    help="run the ablations on the first N dialogues (default: all)")
     sp.add_argument("--no-heldout", action="store_true", help="skip the world's held-out splits")
     sp.add_argument("--gold-method", default="teacher_forced", choices=["teacher_forced", "generate"],
                     help="how gold-history answers are decided: teacher forced (default, one batched pass) or "

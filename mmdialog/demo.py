@@ -19,8 +19,12 @@ from mmdialog.model import count_parameters
 from mmdialog.train.trainer import prepare, train
 
 
-DEMO_OWN_HISTORY = 150  # dialogues chatted through with the model's own answers (generation)
-DEMO_RANKING = 100  # dialogues whose questions get their candidate answers ranked
+# The demo has 10 minutes on 2 cores. The gold history is one batched pass over every test dialogue (~3s
+# for 600); these parts cost more per dialogue, so they run on the first test dialogues only
+# (benchmarks/eval_speed.py: ~0.1s per dialogue for the six ablations, ~0.12s chat, ~0.17s ranking).
+DEMO_ABLATIONS = 300  # dialogues for the six ablations (per-round contexts)
+DEMO_OWN_HISTORY = 100  # dialogues chatted through with the model's own answers (generation)
+DEMO_RANKING = 50  # dialogues whose questions get their candidate answers ranked
 
 
 def ensure_world(cfg: Config, out: Path, progress: bool = True, log=print) -> Path:
@@ -64,7 +68,8 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
     # The gold history and the ablations are teacher forced (one batched pass each); the real chat (own
     # history) and the ranking generate or score per question, so they run on the first dialogues only.
     lab = run_lab(model, processor, records, world, max_new_tokens=cfg.eval.max_new_tokens,
-                  own_history=DEMO_OWN_HISTORY, ranking=DEMO_RANKING, progress=progress)
+                  own_history=DEMO_OWN_HISTORY, ranking=DEMO_RANKING, ablation_dialogues=DEMO_ABLATIONS,
+                  progress=progress)
     summary = lab.metrics
     eval_seconds = time.perf_counter() - t
     log(f"evaluated {len(records)} dialogues in {eval_seconds:.0f}s "

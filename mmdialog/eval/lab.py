@@ -129,11 +129,13 @@ def usable_records(processor: Processor, records: list[dict], images: dict[str, 
 
 def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], world_dir: str | Path, *,
             max_new_tokens: int, ablations: tuple[str, ...] = DEFAULT_ABLATIONS, own_history: int | None = None,
-            ranking: int | None = None, gold_method: str = "teacher_forced", max_batch_tokens: int = 16384,
+            ranking: int | None = None, ablation_dialogues: int | None = None,
+            gold_method: str = "teacher_forced", max_batch_tokens: int = 16384,
             progress: bool = True, log=None,
             annotate: Callable[[dict, int], dict] | None = None) -> LabResult:
-    """Every mode on `records`. own_history / ranking: how many dialogues (the first ones) to run them on;
-    None: all, 0: skip. gold_method "generate" answers the gold history by generation instead (the reference)."""
+    """Every mode on `records`. own_history / ranking / ablation_dialogues: how many dialogues (the first ones)
+    to run them on; None: all, 0: skip. Each is compared with the gold history on the same dialogues.
+    gold_method "generate" answers the gold history by generation instead (the reference)."""
     world_dir = Path(world_dir)
     model.eval()
     images = {rec["id"]: record_image(rec, world_dir) for rec in records}
@@ -175,14 +177,21 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
         metrics["gap"] = {"dialogues": n_own, **difference(gold_same, own)}
 
     metrics["ablations"] = {}
-    for name in ablations:
+    n_abl = len(records) if ablation_dialogues is None else min(ablation_dialogues, len(records))
+    abl_records = records[:n_abl]
+    for name in ablations if n_abl else ():
         if name not in ABLATIONS:
             raise MMDialogError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
-        preds[name] = timed(name, lambda: teacher_forced_rows(scorer, ABLATIONS[name](), records, images,
+        preds[name] = timed(name, lambda: teacher_forced_rows(scorer, ABLATIONS[name](), abl_records, images,
                                                                 progress=progress, annotate=annotate))
         metrics["ablations"][name] = summarise(preds[name])
+    abl_gold = gold
+    if metrics["ablations"] and n_abl < len(records):  # compare with the gold history on the same dialogues
+        ids = {r["id"] for r in abl_records}
+        abl_gold = summarise([r for r in preds["gold_history"] if r["id"] in ids])
+        metrics["modes"]["gold_history_ablation_dialogues"] = abl_gold
     if "no_history" in metrics["ablations"]:
-        metrics["history_gain"] = difference(gold, metrics["ablations"]["no_history"])
+        metrics["history_gain"] = difference(abl_gold, metrics["ablations"]["no_history"])
 
     ranking_rows: list[dict] = []
     n_rank = len(records) if ranking is None else min(ranking, len(records))
@@ -201,7 +210,8 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
                               "candidates": len(ranker.candidates.texts)}
 
     metrics["eval"] = {"gold_method": gold_method, "dialogues": len(records), "max_new_tokens": max_new_tokens,
-                       "own_history_dialogues": n_own, "ranking_dialogues": n_rank, "seconds": seconds,
+                       "own_history_dialogues": n_own, "ranking_dialogues": n_rank,
+                       "ablation_dialogues": n_abl if metrics["ablations"] else 0, "seconds": seconds,
                        "wall_seconds": round(sum(seconds.values()), 3)}
     metrics["failed_dialogues"] = failed
     return LabResult(metrics, preds, ranking_rows)

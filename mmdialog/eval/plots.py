@@ -80,6 +80,7 @@ def plot_modes(metrics: dict, path: str | Path, std: dict | None = None) -> Path
         modes.append(("own_history", ("modes", "own_history", "accuracy")))
     if get(metrics, "ablations", "no_history"):
         modes.append(("no_history", ("ablations", "no_history", "accuracy")))
+    # each mode ran on its own share of the dialogues (own history and ablations may use the first ones only)
     groups = [(name, *_values(metrics, std, (*p, "by_distance_fine"), FINE_BUCKETS)) for name, p in modes]
     counts = [get(metrics, "counts", "by_distance_fine", b) for b in FINE_BUCKETS]
     _bars(ax1, groups, list(FINE_BUCKETS), counts)
@@ -109,7 +110,8 @@ def plot_ablations(metrics: dict, path: str | Path, std: dict | None = None) -> 
     abl = metrics.get("ablations") or {}
     names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [2, 1]})
-    groups = [("gold_history", *_values(metrics, std, ("accuracy", "by_distance_fine"), FINE_BUCKETS))]
+    g = ("modes", "gold_history_ablation_dialogues") if get(metrics, "modes", "gold_history_ablation_dialogues") else ()
+    groups = [("gold_history", *_values(metrics, std, (*g, "accuracy", "by_distance_fine"), FINE_BUCKETS))]
     groups += [(n, *_values(metrics, std, ("ablations", n, "accuracy", "by_distance_fine"), FINE_BUCKETS)) for n in names]
     _bars(ax1, groups, list(FINE_BUCKETS))
     ax1.set_xlabel("dependency distance")

@@ -79,7 +79,8 @@ def write_outputs(result: LabResult | None, metrics: dict, out: Path, *, title: 
 
 def run_eval(checkpoints: list[str], out: str | Path, *, world: str | None = None, split: str = "test",
              seeds: list[int] = (), max_dialogues: int = 0, own_history: int | None = None,
-             ranking: int | None = None, ablations: tuple[str, ...] = DEFAULT_ABLATIONS, heldout: bool = True,
+             ranking: int | None = None, ablations: tuple[str, ...] = DEFAULT_ABLATIONS,
+             ablation_dialogues: int | None = None, heldout: bool = True,
              gold_method: str = "teacher_forced", progress: bool = True, log=print) -> dict:
     """Evaluate every checkpoint on the split (or on a fresh sample per seed); write OUT; return metrics."""
     from mmdialog.export import load_any
@@ -110,7 +111,8 @@ def run_eval(checkpoints: list[str], out: str | Path, *, world: str | None = Non
                                progress=progress) if heldout and split in ("test", "val") else {}
         for name, d, records in datasets:
             result = run_lab(ck.model, ck.processor, records, d, max_new_tokens=max_new, ablations=ablations,
-                             own_history=own_history, ranking=ranking, gold_method=gold_method, progress=progress)
+                             own_history=own_history, ranking=ranking, ablation_dialogues=ablation_dialogues,
+                             gold_method=gold_method, progress=progress)
             m = result.metrics
             if held:
                 m["heldout"] = held

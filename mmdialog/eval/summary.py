@@ -95,7 +95,11 @@ def lab_markdown(metrics: dict, *, title: str, std: dict | None = None, figures:
                 "the image and the question only; `last_n`: the image and the last n rounds; `shuffled_history`: "
                 "every earlier round in a random order; `no_media`: the gold history without the image.", ""]
         names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
-        rows = [["gold_history", c("accuracy", "overall")] + [c("accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]]
+        g = ("modes", "gold_history_ablation_dialogues") if get(metrics, "modes", "gold_history_ablation_dialogues") else ()
+        if g:
+            out += [f"On the first {c.count('eval', 'ablation_dialogues')} dialogues (the gold row is theirs).", ""]
+        rows = [["gold_history", c(*g, "accuracy", "overall")]
+                + [c(*g, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]]
         rows += [[n, c("ablations", n, "accuracy", "overall")]
                  + [c("ablations", n, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS] for n in names]
         if "history_gain" in metrics:

@@ -78,3 +78,17 @@ def test_summary_of_several_runs_shows_mean_and_std(tmp_path):
     md = lab_markdown({**agg["mean"]}, title="two runs", std=agg["std"], runs=["a", "b"])
     assert "0.750 ± 0.354" in md and "2 runs: a, b" in md
     assert [p.name for p in plot_lab({**agg["mean"]}, tmp_path, agg["std"])] == ["accuracy.png"]
+
+
+def test_ablations_on_the_first_dialogues_compare_with_their_gold(tiny, world32):
+    model, proc = tiny
+    world, records = world32
+    res = run_lab(model, proc, records[:3], world, max_new_tokens=3, ablations=("no_history",), own_history=0,
+                  ranking=0, ablation_dialogues=1, progress=False)
+    m = res.metrics
+    first = sum(rd["scored"] for rd in records[0]["rounds"])
+    assert m["ablations"]["no_history"]["counts"]["overall"] == first
+    assert m["modes"]["gold_history_ablation_dialogues"]["counts"]["overall"] == first < m["counts"]["overall"]
+    assert m["history_gain"] == difference(m["modes"]["gold_history_ablation_dialogues"], m["ablations"]["no_history"])
+    assert m["eval"]["ablation_dialogues"] == 1 and "gap" not in m and "ranking" not in m
+    assert "On the first 1 dialogues" in lab_markdown(m, title="t")

@@ -1,0 +1,89 @@
+"""Evaluation speed: the gold history teacher forced vs generated, and what each part of the lab costs.
+
+    python benchmarks/eval_speed.py --checkpoint runs/demo/checkpoint [--dialogues 600] [--threads 2]
+
+Prints wall seconds for the gold history by teacher forcing (one batched pass) and by generation (a
+ChatSession per dialogue, the reference), how many verdicts differ (and which), and the time of each
+ablation, of the real chat (own history) and of the likelihood ranking per dialogue. Figures, no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from mmdialog.data.worlds.shapes import load_split
+from mmdialog.eval.contexts import ABLATIONS, Context, record_image
+from mmdialog.eval.lab import gold_generated_rows, own_history_rows, teacher_forced_rows
+from mmdialog.eval.ranking import LikelihoodRanker, world_candidates
+from mmdialog.eval.teacher_forced import TeacherForcedScorer
+from mmdialog.export import load_any
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--world", help="default: the checkpoint's")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--dialogues", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--own", type=int, default=100, help="dialogues for the own-history chat timing")
+    ap.add_argument("--rank", type=int, default=50, help="dialogues for the ranking timing")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ck = load_any(args.checkpoint)
+    world = Path(args.world or ck.meta["world"])
+    records = load_split(world, args.split)[: args.dialogues]
+    images = {r["id"]: record_image(r, world) for r in records}
+    for im in images.values():
+        im.load()  # read every PNG once, outside the timings
+    max_new = ck.config.eval.max_new_tokens
+    n_q = sum(rd["scored"] for r in records for rd in r["rounds"])
+    print(f"{len(records)} dialogues, {n_q} scored questions, max_new_tokens {max_new}, "
+          f"{torch.get_num_threads()} torch threads")
+
+    scorer = TeacherForcedScorer(ck.model, ck.processor, max_new_tokens=max_new)
+    with torch.no_grad():
+        t = time.perf_counter()
+        tf = teacher_forced_rows(scorer, Context(), records, images)
+        t_tf = time.perf_counter() - t
+        t = time.perf_counter()
+        gen = gold_generated_rows(ck.model, ck.processor, records, images, max_new_tokens=max_new)
+        t_gen = time.perf_counter() - t
+    diff = [(a, b) for a, b in zip(tf, gen) if a["correct"] != b["correct"]]
+    acc_tf, acc_gen = (sum(r["correct"] for r in rows) / len(rows) for rows in (tf, gen))
+    print(f"gold history, teacher forced: {t_tf:6.1f}s   accuracy {acc_tf:.4f}")
+    print(f"gold history, generated:      {t_gen:6.1f}s   accuracy {acc_gen:.4f}   ({t_gen / t_tf:.1f}x slower)")
+    print(f"verdicts that differ: {len(diff)} of {len(tf)}")
+    for a, b in diff[:10]:
+        print(f"  {a['id']} round {a['round']}: gold {a['gold']!r}, generated {b['pred']!r} "
+              f"(teacher forced: {'right' if a['correct'] else 'wrong'})")
+
+    with torch.no_grad():
+        for name, make in ABLATIONS.items():
+            t = time.perf_counter()
+            rows = teacher_forced_rows(scorer, make(), records, images)
+            print(f"ablation {name:17s} {time.perf_counter() - t:6.1f}s   accuracy "
+                  f"{sum(r['correct'] for r in rows) / len(rows):.4f}")
+        sub = records[: args.own]
+        t = time.perf_counter()
+        own_history_rows(ck.model, ck.processor, sub, images, max_new_tokens=max_new)
+        dt = time.perf_counter() - t
+        print(f"own history (chat):     {dt:6.1f}s for {len(sub)} dialogues ({dt / len(sub) * 1000:.0f} ms each)")
+        sub = records[: args.rank]
+        golds = sorted({rd["answer"] for r in records for rd in r["rounds"] if rd["scored"]})
+        ranker = LikelihoodRanker(ck.model, ck.processor, world_candidates(golds))
+        t = time.perf_counter()
+        for r in sub:
+            ranker.score_record(r, world)
+        dt = time.perf_counter() - t
+        print(f"ranking ({len(ranker.candidates.texts)} candidates): {dt:6.1f}s for {len(sub)} dialogues "
+              f"({dt / len(sub) * 1000:.0f} ms each)")
+
+
+if __name__ == "__main__":
+    main()
