@@ -26,7 +26,7 @@ def test_media_of_three_kinds_land_in_the_turn_of_their_tag():
     assert turns[0].text == "You listen and watch."
     assert [type(p) for p in turns[1].parts] == [Audio, Text]
     assert [type(p) for p in turns[3].parts] == [Video, Image, Text]
-    assert turns[3].parts[0].path.endswith("clip.mp4") and turns[3].parts[1].path.endswith("green.png")
+    assert turns[3].parts[0].path.endswith("clip.gif") and turns[3].parts[1].path.endswith("green.png")
 
 
 @pytest.mark.parametrize("line", [1, 2, 3])

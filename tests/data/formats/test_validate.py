@@ -90,3 +90,61 @@ def test_audio_and_video_parts():
     assert sniff(b"fLaC....") == "flac" and sniff(b"ID3\x03") == "mp3" and sniff(b"hello") is None
     conv = Conversation.from_dict({"turns": [{"role": "user", "parts": [{"type": "video", "path": "v.mp4"}]}]}, root="/r")
     assert isinstance(conv.turns[0].parts[0], Video) and conv.turns[0].parts[0].path == "/r/v.mp4"
+
+
+def _verdict(part, checks=None):
+    """None when the checks accept the part, else the RecordError's text."""
+    try:
+        check_conversation(Conversation().add("user", part, "?").add("assistant", "x"), checks or Checks())
+        return None
+    except RecordError as e:
+        return str(e)
+
+
+def test_video_is_accepted_exactly_when_the_processor_reads_it(tmp_path):
+    from mmdialog.data.processor import read_frames
+    from mmdialog.data.worlds.shapes.render import encode_apng
+    from PIL import Image as PILImage
+
+    frames = [PILImage.new("RGB", (8, 8), (30 * i, 90, 200)) for i in range(3)]
+    (tmp_path / "clip.png").write_bytes(encode_apng(frames))
+    np.save(tmp_path / "clip.npy", np.zeros((3, 8, 8, 3), np.uint8))
+    np.save(tmp_path / "float.npy", np.zeros((3, 8, 8, 3), np.float32))
+    (tmp_path / "broken.gif").write_bytes((MEDIA / "video/clip.gif").read_bytes()[:40])
+    paths = [MEDIA / "video/clip.gif", tmp_path / "clip.png", tmp_path / "clip.npy", tmp_path / "float.npy",
+             tmp_path / "broken.gif", MEDIA / "video/clip.mp4", MEDIA / "video/notes.mp4", MEDIA / "images/red.png"]
+    for p in paths:
+        try:
+            read_frames(str(p), "v")
+            readable = True
+        except MMDialogError:
+            readable = False
+        assert (_verdict(Video(path=str(p))) is None) == readable, p
+    assert [sniff(p.read_bytes()[:12]) for p in paths[:3]] == ["gif", "png", "npy"]
+
+
+def test_mp4_and_mp3_are_refused_with_the_reason_and_a_conversion():
+    why = _verdict(Video(path=str(MEDIA / "video/clip.mp4")))
+    assert why.startswith("undecodable media: turn 0: video ") and "is MP4, which mmdialog does not decode" in why
+    assert "GIF, PNG, WEBP or NPY" in why and "ffmpeg -i in.mp4" in why
+    assert "is not GIF, PNG, WEBP or NPY (unknown header)" in _verdict(Video(path=str(MEDIA / "video/notes.mp4")))
+    why = _verdict(Audio(data=b"ID3\x03" + bytes(40), format="mp3"))
+    assert "audio data is MP3, which mmdialog does not decode (it reads audio as WAV" in why
+    assert "ffmpeg -i in.mp3 -ar 16000 out.wav" in why
+
+
+def test_with_a_processor_the_frame_budget_and_clip_length_are_checked(tokenizer, tmp_path):
+    from mmdialog.data.processor import AudioTransform, MediaInput, Processor, VideoTransform
+
+    proc = Processor(tokenizer, max_length=512, media={"video": MediaInput(2, VideoTransform(6, 8)),
+                                                       "audio": MediaInput(2, AudioTransform(8000, 800))})
+    clip = Video(path=str(MEDIA / "video/clip.gif"))  # 4 frames
+    assert _verdict(clip) is None
+    assert "has 4 frame(s), fewer than the 6 the video encoder takes" in _verdict(clip, Checks(processor=proc))
+    from mmdialog.data.worlds.shapes.beeps import encode_wav
+
+    (tmp_path / "long.wav").write_bytes(encode_wav(np.zeros(4000, np.int16), 8000))  # 0.5 s
+    beep = Audio(path=str(tmp_path / "long.wav"))
+    assert _verdict(beep) is None and _verdict(Audio(path=str(MEDIA / "audio/beep.wav")), Checks(processor=proc)) is None
+    assert _verdict(beep, Checks(processor=proc)).startswith("media the model cannot encode: turn 0: audio ")
+    assert "lasts 0.50 s, longer than the audio encoder's 0.10 s" in _verdict(beep, Checks(processor=proc))

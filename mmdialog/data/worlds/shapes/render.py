@@ -44,6 +44,22 @@ def render(scene: Scene) -> PILImage.Image:
     return im
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _image_data(px: np.ndarray, level: int) -> bytes:
+    """(H, W, 3) uint8 -> the zlib stream of a PNG's image data: each row is filter type 0, then its RGB bytes."""
+    h, w, _ = px.shape
+    raw = np.zeros((h, 1 + 3 * w), np.uint8)
+    raw[:, 1:] = px.reshape(h, 3 * w)
+    return zlib.compress(raw.tobytes(), level)
+
+
+def _header(w: int, h: int) -> bytes:
+    return _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))  # bit depth 8, colour type 2 (RGB)
+
+
 def encode_png(image: PILImage.Image, level: int = 6) -> bytes:
     """The image as PNG bytes (8-bit RGB, no filter, zlib `level`).
 
@@ -52,12 +68,29 @@ def encode_png(image: PILImage.Image, level: int = 6) -> bytes:
     """
     px = np.asarray(image.convert("RGB"), dtype=np.uint8)
     h, w, _ = px.shape
-    raw = np.zeros((h, 1 + 3 * w), np.uint8)  # each row: filter type 0, then the row's RGB bytes
-    raw[:, 1:] = px.reshape(h, 3 * w)
+    return b"\x89PNG\r\n\x1a\n" + _header(w, h) + _chunk(b"IDAT", _image_data(px, level)) + _chunk(b"IEND", b"")
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # bit depth 8, colour type 2 (RGB)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
-            + chunk(b"IEND", b""))
+def encode_apng(frames: list[PILImage.Image], delay_ms: int = 100, level: int = 6) -> bytes:
+    """Frames of one size as an animated PNG (APNG: acTL, then per frame fcTL + IDAT/fdAT; every frame
+    full-size, no disposal or blending), looping forever. Like encode_png, the bytes depend only on the
+    pixels and zlib. PIL reads it back frame by frame (`n_frames`, `seek`); viewers that ignore APNG show
+    frame 0."""
+    pxs = [np.asarray(f.convert("RGB"), dtype=np.uint8) for f in frames]
+    h, w, _ = pxs[0].shape
+    if any(p.shape != pxs[0].shape for p in pxs):
+        raise ValueError("APNG frames must all have the same size")
+    out = [b"\x89PNG\r\n\x1a\n", _header(w, h), _chunk(b"acTL", struct.pack(">II", len(pxs), 0))]
+    seq = 0
+    for i, px in enumerate(pxs):
+        # sequence, width, height, x/y offset, delay numerator/denominator (ms / 1000), dispose 0, blend 0
+        out.append(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, delay_ms, 1000, 0, 0)))
+        seq += 1
+        data = _image_data(px, level)
+        if i == 0:
+            out.append(_chunk(b"IDAT", data))
+        else:
+            out.append(_chunk(b"fdAT", struct.pack(">I", seq) + data))
+            seq += 1
+    out.append(_chunk(b"IEND", b""))
+    return b"".join(out)
