@@ -29,22 +29,61 @@ def cmd_world(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     from mmdialog.demo import ensure_world
-    from mmdialog.train.trainer import prepare, train
+    from mmdialog.train.checkpoint import latest_training_checkpoint
+    from mmdialog.train.distributed import destroy_distributed, init_distributed
+    from mmdialog.train.trainer import prepare, resolve_device, train
 
     cfg = _config(args)
     out = Path(args.out)
-    world = None if cfg.data.train_file else ensure_world(cfg, out)
-    tokenizer, model, _, dataset = prepare(cfg, world)
-    if len(dataset) < cfg.train.batch_size:
-        raise MMDialogError(f"{len(dataset)} usable conversations, fewer than train.batch_size={cfg.train.batch_size}; "
-                            + dataset.report())
-    meta = {"data": str(Path(cfg.data.train_file).resolve())} if world is None else {"world": str(world.resolve())}
-    result = train(cfg, model, tokenizer, dataset, out, meta=meta)
+    # under torchrun: join the group first; process 0 writes the world while the others wait for it
+    dist = init_distributed(resolve_device(cfg.train.device).type)
+    try:
+        world = None
+        if not cfg.data.train_file:
+            if dist.is_main:
+                world = ensure_world(cfg, out, progress=dist.is_main)
+            dist.barrier()
+            world = world or ensure_world(cfg, out)
+        tokenizer = None
+        latest = latest_training_checkpoint(out / "checkpoints") if args.resume else None
+        if latest is not None:  # the run's own tokenizer, whatever the data would train now
+            from mmdialog.data.tokenizer import ChatTokenizer
+
+            tokenizer = ChatTokenizer.load(latest)
+        tokenizer, model, _, dataset = prepare(cfg, world, progress=dist.is_main, tokenizer=tokenizer)
+        if len(dataset) < cfg.train.batch_size:
+            raise MMDialogError(f"{len(dataset)} usable conversations, fewer than train.batch_size={cfg.train.batch_size}; "
+                                + dataset.report())
+        _check_same(dist, tokenizer)
+        meta = {"data": str(Path(cfg.data.train_file).resolve())} if world is None else {"world": str(world.resolve())}
+        log = print if dist.is_main else (lambda *a, **k: None)
+        result = train(cfg, model, tokenizer, dataset, out, meta=meta, resume=args.resume, dist=dist,
+                       progress=dist.is_main, log=log)
+    finally:
+        destroy_distributed()
+    if not dist.is_main:
+        return 143 if result.stopped else 0
+    if result.stopped:
+        print(f"stopped by {result.stopped} at step {result.steps}; continue with: mmdialog train ... --resume")
+        return 143  # 128 + SIGTERM: the job did not finish
     print(f"trained {result.steps} steps in {result.wall_seconds:.0f}s, final loss {result.final_loss:.4f}; "
           f"checkpoint: {out / 'checkpoint'}")
     _report_skipped(dataset.skipped, out / "skipped.jsonl")
+    return 0
+
+
+def _check_same(dist, tokenizer) -> None:
+    """Every process must have built the same tokenizer (and so the same vocabulary and data)."""
+    if not dist.enabled:
+        return
+    import hashlib
+
+    digest = hashlib.sha1(tokenizer.tok.to_str().encode()).hexdigest()
+    digests = dist.gather(digest)
+    if len(set(digests)) > 1:
+        raise MMDialogError(f"the processes built different tokenizers ({digests}); pass data.tokenizer=DIR")
 
 
 def _report_skipped(skipped, path: Path, show: int = 20) -> None:
@@ -212,8 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--long-rounds", type=int, help="question rounds of test_long (default and minimum: 2 x --rounds)")
     sp.set_defaults(func=cmd_world)
 
-    sp = sub.add_parser("train", help="train a model from a config", description="Train; writes OUT/checkpoint and OUT/train_log.jsonl.")
+    sp = sub.add_parser("train", help="train a model from a config (torchrun for several processes)",
+                        description="Train; writes OUT/checkpoint (the final model) and OUT/train_log.jsonl, and with "
+                                    "train.save_every=N resumable checkpoints in OUT/checkpoints/ (the last "
+                                    "train.keep_last). SIGTERM saves one and exits with status 143. Data parallel: "
+                                    "torchrun --nproc_per_node=N -m mmdialog train ... (gloo on CPU, NCCL on CUDA; "
+                                    "train.batch_size is the global batch).")
     sp.add_argument("--out", default="runs/train", help="output directory")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue from the latest checkpoint in OUT/checkpoints/ (weights, optimizer, schedule, RNG "
+                         "states, data position); starts afresh when there is none")
     with_config(sp)
     sp.set_defaults(func=cmd_train)
 

@@ -102,22 +102,54 @@ class TokenizerConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of train.strategy=staged: the parameters matching `trainable` train for `steps` steps at `lr`."""
+
+    trainable: tuple[str, ...] = ()  # fnmatch patterns over parameter names, e.g. fusion.*; ("*",): everything
+    steps: int = 0
+    lr: float = 0.0  # 0: train.lr
+
+
+@dataclass
+class LoraConfig:
+    """train.strategy=lora: low-rank adapters (peft) on the Linear layers whose module names match `targets`."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("decoder.blocks.*.attn.qkv", "decoder.blocks.*.attn.out_proj")  # fnmatch over modules
+    also_train: tuple[str, ...] = ()  # parameter patterns trained in full beside the adapters, e.g. fusion.*
+
+
+@dataclass
 class TrainConfig:
-    batch_size: int = 32
+    batch_size: int = 32  # conversations per optimizer step, over all processes and accumulation steps
     lr: float = 2e-3
     encoder_lr_scale: float = 0.1  # media encoders train at lr * this (see train.trainer.make_optimizer)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 50
-    max_steps: int = 1000
+    max_steps: int = 1000  # with strategy=staged: the sum of the stages' steps instead
     max_minutes: float = 0.0  # 0: no wall-clock budget; else stop (and finish the cosine early) at this time
     grad_clip: float = 1.0
-    precision: str = "auto"  # auto | bf16 | fp32; auto: bf16 autocast where the CPU has native bf16, else fp32
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split between them)
+    grad_checkpointing: bool = False  # recompute decoder blocks in the backward pass instead of keeping activations
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto: bf16 where the CPU has native bf16 or on CUDA, else fp32
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
     seed: int = 0
     log_every: int = 10
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 0  # write a resumable checkpoint to OUT/checkpoints/ every N steps (0: only the final model)
+    keep_last: int = 3  # resumable checkpoints kept (older ones are deleted)
+    on_nan: str = "stop"  # stop | skip: a non-finite loss or gradient stops the run, or skips that batch
     num_threads: int = 0  # 0: torch's default
+    strategy: str = "full"  # full | partial | staged | lora
+    freeze: tuple[str, ...] = ()  # partial: parameter-name patterns (fnmatch) kept frozen, e.g. encoders.*
+    stages: tuple[StageConfig, ...] = ()  # staged: run in order; the stages' steps add up to the run's steps
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss_turns: str = "all"  # all assistant turns | last (the last one only) | weighted (per-message weights from data)
+    pack: bool = False  # pack the batch's conversations into as few rows as fit pack_length (attention isolated)
+    pack_length: int = 0  # longest packed row; 0: the decoder's max_seq_len
 
 
 @dataclass

@@ -84,28 +84,43 @@ class MultimodalLM(nn.Module):
         return self.fusion(token_embeds, input_ids, media, self.placeholder_ids)
 
     def hidden(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None, *,
-               attention_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+               position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion + decoder: (B, T) ids and encoded media -> final hidden states (B, T, D).
 
         With a cache, input_ids are the positions after the cached ones, media the items whose placeholders
         they hold; the cache (and any fusion memory in it) is appended to.
+        position_ids, segment_ids (B, T): packed rows (data.collate.Collator with pack=True), several
+        conversations per row, each attending only to itself (segment ids 1, 2, ...; 0 = padding) with its
+        positions restarting at 0.
         """
         media = media or {}
+        packed = {}
+        if segment_ids is not None or position_ids is not None:
+            if getattr(self.fusion, "decoder_hook", None) is not None or getattr(self.fusion, "uses_cache", False):
+                raise MMDialogError(f"packed rows (position_ids/segment_ids) need a fusion that only fills placeholder "
+                                    f"slots; {type(self.fusion).__name__} attends across positions of a row, which "
+                                    f"would mix the packed conversations: train with train.pack=false")
+            if not getattr(self.decoder, "supports_packing", False):
+                raise MMDialogError(f"decoder {type(self.decoder).__name__} does not take packed rows; "
+                                    f"train with train.pack=false")
+            packed = {"position_ids": position_ids, "segment_ids": segment_ids}
         past = cache.seq_len if cache is not None else 0  # before the decoder runs: it grows the cache
         x = self.embed(input_ids, media, cache=cache, past=past)  # (B, T, D)
         hook_fn = getattr(self.fusion, "decoder_hook", None)
         hook = hook_fn(input_ids, media, self.placeholder_ids, cache=cache, past=past) if hook_fn else None
         if hook is None:
-            return self.decoder(x, attention_mask=attention_mask, cache=cache)
+            return self.decoder(x, attention_mask=attention_mask, cache=cache, **packed)
         return self.decoder(x, attention_mask=attention_mask, cache=cache, layer_hook=hook)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, images: torch.Tensor | None = None,
                 cache: KVCache | None = None, media_embeds: dict[str, torch.Tensor] | None = None,
                 return_logits: bool | None = None, audios: torch.Tensor | None = None,
-                videos: torch.Tensor | None = None) -> ModelOutput:
+                videos: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> ModelOutput:
         """input_ids, attention_mask (1 = real), labels (-100 = no target): (B, T); images: (N, 3, H, W);
-        audios: (N, samples); videos: (N, F, 3, H, W).
+        audios: (N, samples); videos: (N, F, 3, H, W); position_ids, segment_ids (B, T): packed rows (see hidden).
 
         media_embeds is a precomputed encode_media() output (a chat session encodes each item once);
         cache, when given, already holds the earlier positions and is appended to.
@@ -117,7 +132,8 @@ class MultimodalLM(nn.Module):
         if return_logits is None:
             return_logits = labels is None
         media = media_embeds if media_embeds is not None else self.encode_media(**raw)
-        hidden = self.hidden(input_ids, media, attention_mask=attention_mask, cache=cache)  # (B, T, D)
+        hidden = self.hidden(input_ids, media, attention_mask=attention_mask, cache=cache, position_ids=position_ids,
+                             segment_ids=segment_ids)  # (B, T, D)
         logits = self.decoder.logits(hidden) if return_logits else None  # (B, T, V)
 
         loss, num_targets = None, 0

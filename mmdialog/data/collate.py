@@ -1,42 +1,122 @@
-"""Examples -> Batch whose keys are exactly `MultimodalLM.forward` arguments."""
+"""Examples -> Batch whose keys are exactly `MultimodalLM.forward` arguments (plus loss_weights for the objective)."""
 
 from __future__ import annotations
 
 import torch
 
 from mmdialog.data.processor import IGNORE, Example
+from mmdialog.errors import MMDialogError
+
+LOSS_TURNS = ("all", "last", "weighted")
+MEDIA_FIELDS = ("images", "audios", "videos")
+
+
+def reply_spans(labels: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, end) of each run of supervised labels: one per assistant reply (the processor supervises a reply's
+    tokens and its <|end|>; the <|assistant|> token before and the next user turn are not supervised)."""
+    sup = (labels != IGNORE).tolist()
+    spans, start = [], None
+    for i, s in enumerate(sup + [False]):
+        if s and start is None:
+            start = i
+        elif not s and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def last_turn_only(labels: torch.Tensor) -> torch.Tensor:
+    """Labels with every reply but the last one unsupervised."""
+    spans = reply_spans(labels)
+    out = torch.full_like(labels, IGNORE)
+    if spans:
+        s, e = spans[-1]
+        out[s:e] = labels[s:e]
+    return out
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: example indices grouped into rows of at most `capacity` tokens, each row in index
+    order. Deterministic for given lengths."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[i] > capacity:
+            raise MMDialogError(f"a conversation of {lengths[i]} tokens does not fit a packed row of {capacity} "
+                                f"(train.pack_length)")
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return [sorted(r) for r in rows]
 
 
 class Collator:
-    """Right-pads a list of Examples.
+    """Right-pads a list of Examples, one per row, or packs them several to a row (pack=True).
 
     Returns a dict:
       input_ids:      (B, T) long, padded with the tokenizer's pad id
       attention_mask: (B, T) long, 1 on real tokens, 0 on padding
       labels:         (B, T) long, -100 on padding and on everything but assistant replies
+                      (loss_turns="last": but the last reply of each conversation)
       images:         (N, 3, H, W) float, all images of the batch in order of appearance
                       (row-major over the batch), or absent when no example has one
       audios:         (N, S) float waveforms, likewise (absent without audio)
       videos:         (N, F, 3, H, W) float frames, likewise (absent without video)
+      loss_weights:   (B, T) float, each token's message weight (loss_turns="weighted" only; 1 where the data
+                      gives none). Not a forward() argument: the training objective pops it.
+    and with pack=True, B rows of at most pack_length tokens, each holding whole conversations, plus:
+      position_ids:   (B, T) long, restarting at 0 with each conversation (0 on padding)
+      segment_ids:    (B, T) long, 1, 2, ... for the conversations of a row, 0 on padding; the decoder lets
+                      a token attend only within its segment
     """
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, *, pack: bool = False, pack_length: int = 0, loss_turns: str = "all"):
+        if loss_turns not in LOSS_TURNS:
+            raise MMDialogError(f"train.loss_turns must be one of {', '.join(LOSS_TURNS)}, got {loss_turns!r}")
+        if pack and pack_length <= 0:
+            raise MMDialogError(f"packing needs a positive row length, got pack_length={pack_length}")
+        self.pad_id, self.pack, self.pack_length, self.loss_turns = pad_id, pack, pack_length, loss_turns
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        T = max(len(e.input_ids) for e in examples)
-        B = len(examples)
+        if self.pack:
+            rows = pack_rows([len(e.input_ids) for e in examples], self.pack_length)
+        else:
+            rows = [[i] for i in range(len(examples))]
+        T = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+        B = len(rows)
         input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
         labels = torch.full((B, T), IGNORE, dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.long)
-        for b, e in enumerate(examples):
-            n = len(e.input_ids)
-            input_ids[b, :n] = e.input_ids
-            labels[b, :n] = e.labels
-            mask[b, :n] = 1
+        positions = torch.zeros((B, T), dtype=torch.long)
+        segments = torch.zeros((B, T), dtype=torch.long)
+        weighted = self.loss_turns == "weighted"
+        weights = torch.ones((B, T)) if weighted else None
+        for b, row in enumerate(rows):
+            at = 0
+            for seg, i in enumerate(row, start=1):
+                e = examples[i]
+                n = len(e.input_ids)
+                input_ids[b, at:at + n] = e.input_ids
+                labels[b, at:at + n] = last_turn_only(e.labels) if self.loss_turns == "last" else e.labels
+                mask[b, at:at + n] = 1
+                positions[b, at:at + n] = torch.arange(n)
+                segments[b, at:at + n] = seg
+                if weighted and getattr(e, "weights", None) is not None:
+                    weights[b, at:at + n] = e.weights
+                at += n
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-        for key in ("images", "audios", "videos"):
-            items = [getattr(e, key) for e in examples if getattr(e, key) is not None]
+        if self.pack:
+            batch["position_ids"], batch["segment_ids"] = positions, segments
+        if weighted:
+            batch["loss_weights"] = weights
+        order = [i for row in rows for i in row]  # media in order of appearance, row-major
+        for key in MEDIA_FIELDS:
+            items = [getattr(examples[i], key) for i in order if getattr(examples[i], key) is not None]
             if items:
                 batch[key] = torch.cat(items)
         return batch

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
-from mmdialog.modules import Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, TransformerBlock, causal_mask
+from mmdialog.modules import (Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, TransformerBlock, causal_mask,
+                              segment_mask)
 from mmdialog.registry import DECODERS
 
 
@@ -60,13 +61,21 @@ class CausalDecoder(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
         return self.tok_embeddings(input_ids)
 
+    supports_packing = True  # forward takes position_ids and segment_ids (packed rows)
+
     def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer_hook=None) -> torch.Tensor:
+                cache: KVCache | None = None, layer_hook=None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """inputs_embeds: (B, T, D); attention_mask: (B, T_past + T), 1 = real, 0 = pad. Returns hidden (B, T, D).
 
         Positions continue from the cache's length; the cache is appended to in place.
         layer_hook(layer, x) -> x runs before each block (a fusion's cross-attention layers live there).
+        Packed rows (training, no cache): segment_ids (B, T) number the conversations of a row 1, 2, ...
+        (0 = padding) and each token attends only to earlier tokens of its own; position_ids (B, T) restart
+        at 0 with each conversation.
         """
+        if segment_ids is not None or position_ids is not None:
+            return self._forward_packed(inputs_embeds, position_ids, segment_ids, cache, layer_hook)
         B, T, _ = inputs_embeds.shape
         past = cache.seq_len if cache is not None else 0
         if past + T > self.max_seq_len:
@@ -95,6 +104,22 @@ class CausalDecoder(nn.Module):
             if layer_hook is not None:
                 x = layer_hook(layer, x)
             x = block(x, positions=positions, mask=mask, cache=cache, layer=layer)  # (B, T, D)
+        return self.norm(x)
+
+    def _forward_packed(self, inputs_embeds, position_ids, segment_ids, cache, layer_hook) -> torch.Tensor:
+        B, T, _ = inputs_embeds.shape
+        if cache is not None:
+            raise MMDialogError("packed rows (position_ids/segment_ids) are for training; they take no KV cache")
+        if T > self.max_seq_len:
+            raise MMDialogError(f"a packed row of {T} positions exceeds the decoder's max_seq_len {self.max_seq_len}")
+        if position_ids is None:
+            position_ids = torch.arange(T, device=inputs_embeds.device)  # (T,)
+        mask = segment_mask(segment_ids) if segment_ids is not None else None  # (B, 1, T, T)
+        x = self.dropout(inputs_embeds)
+        for layer, block in enumerate(self.blocks):
+            if layer_hook is not None:
+                x = layer_hook(layer, x)
+            x = block(x, positions=position_ids, mask=mask, layer=layer)  # (B, T, D)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)

@@ -99,3 +99,15 @@ def causal_mask(*, past: int, q_len: int, padding_mask: torch.Tensor | None = No
         # and some SDPA kernels softmax an empty row to NaN; letting it see itself changes no real token.
         mask = mask | (k_pos == q_pos)
     return mask
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask for packed rows, True = attend: (B, T) segment ids -> (B, 1, T, T).
+
+    Query i sees key j <= i of the same segment only, so the conversations packed into a row never see
+    each other. Padding (segment 0) sees earlier padding: every row keeps a key, and no real token sees it.
+    """
+    T = segment_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    return (same & causal)[:, None]

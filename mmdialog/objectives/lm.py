@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # label of positions that carry no target (prompts, user turns, media, padding)
@@ -21,3 +22,40 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def target_weights(labels: torch.Tensor, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) float weight of the target at each position: 0 where there is none, else 1, or the weight of
+    the target token's message when the batch carries loss_weights (B, T) (collator, train.loss_turns=weighted)."""
+    supervised = (shift_labels(labels) != IGNORE_INDEX).float()  # (B, T)
+    if loss_weights is None:
+        return supervised
+    return supervised * F.pad(loss_weights[:, 1:], (0, 1))
+
+
+class NextTokenObjective(nn.Module):
+    """The training objective around a MultimodalLM: batch -> (sum of weighted token losses, sum of weights).
+
+    Sums rather than a mean, so the trainer can divide by the weight of the whole global batch (all
+    micro-batches on all processes): accumulation and data parallelism then give the gradient of one big
+    batch. Wrapping the model in a module gives DDP a single forward to hook.
+
+    The batch holds the model's forward arguments plus `loss_weights` (B, T), popped here when present.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        batch = dict(batch)
+        labels, weights = batch.pop("labels"), batch.pop("loss_weights", None)
+        media = m.encode_media(batch.pop("images", None), batch.pop("audios", None), batch.pop("videos", None))
+        hidden = m.hidden(batch.pop("input_ids"), media, **batch)  # (B, T, D)
+        w = target_weights(labels, weights)  # (B, T)
+        supervised = w > 0
+        # Only supervised positions are projected onto the vocabulary (the largest matmul of a small model).
+        logits = m.decoder.logits(hidden[supervised])  # (N, V)
+        ce = F.cross_entropy(logits.float(), shift_labels(labels)[supervised], reduction="none")  # (N,)
+        return (ce * w[supervised]).sum(), w.sum()

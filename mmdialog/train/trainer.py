@@ -1,16 +1,31 @@
-"""The training loop: AdamW, warmup + cosine, gradient clipping, bf16 autocast, progress, JSONL logs, checkpoints."""
+"""The training loop: AdamW, warmup + cosine, gradient clipping, mixed precision, accumulation, data parallel,
+fine-tuning strategies, progress, JSONL logs, and checkpoints that survive being killed.
+
+One optimizer step:
+
+    the sampler gives this process its share of the global batch, in grad_accum micro-batches
+    the weight of the whole global batch (supervised targets, or their message weights) is summed over processes
+    each micro-batch: objective -> (sum of token losses, weight); backward of sum * world_size / global weight
+        (DDP averages gradients over processes, so they sum to the gradient of the global batch's mean loss;
+         gradients are synchronised on the last micro-batch only)
+    a non-finite loss or gradient stops the run (or skips the batch, train.on_nan=skip) before the weights change
+    clip, step, and every train.save_every steps a resumable checkpoint; SIGTERM saves one and stops
+
+Resuming (resume=True) loads the latest OUT/checkpoints/step-N: weights, optimizer, schedule, scaler, RNG
+states and the data position, so the run continues as if never stopped (bitwise on CPU).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmdialog.config import Config, TrainConfig
@@ -20,8 +35,16 @@ from mmdialog.data.formats import DataFile
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.data.worlds.shapes import load_split, record_to_conversation
+from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM, build_model, count_parameters
-from mmdialog.train.checkpoint import save_checkpoint
+from mmdialog.objectives.lm import NextTokenObjective, target_weights
+from mmdialog.train.checkpoint import (latest_training_checkpoint, load_training_state, rng_state,
+                                       save_checkpoint, save_training_checkpoint, set_rng_state)
+from mmdialog.train.distributed import Dist
+from mmdialog.train.sampler import StepSampler
+from mmdialog.train.strategies import Plan, build_plan, enable_gradient_checkpointing, merge_lora
+
+MAX_CONSECUTIVE_SKIPS = 20  # train.on_nan=skip: this many non-finite batches in a row stop the run anyway
 
 
 @dataclass
@@ -32,17 +55,21 @@ class TrainResult:
     tokens_per_second: float
     final_loss: float
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
-    skipped: int = 0
+    skipped: int = 0  # conversations the dataset left out
+    stopped: str = ""  # "SIGTERM" when a signal ended the run early (after saving a checkpoint)
+    resumed_from: int = 0  # the step the run resumed from (0: a fresh run)
+    skipped_batches: int = 0  # batches skipped for a non-finite loss (train.on_nan=skip)
 
 
 def world_texts(records: list[dict]) -> list[str]:
     return [t for r in records for rd in r["rounds"] for t in (rd["question"], rd["answer"])]
 
 
-def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
+def lr_factor(step: int, progress: float, cfg: TrainConfig, warmup: int | None = None) -> float:
     """Linear warmup over steps, then cosine down to min_lr_ratio over the run's progress in [0, 1]."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    warmup = cfg.warmup_steps if warmup is None else warmup
+    if step < warmup:
+        return (step + 1) / warmup
     cos = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
 
@@ -58,46 +85,66 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise MMDialogError(f"train.device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MMDialogError("train.device=cuda but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
     if precision == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise MMDialogError(f"train.precision must be auto, bf16, fp16 or fp32, got {precision!r}")
+    if precision == "fp16" and device != "cuda":
+        raise MMDialogError("train.precision=fp16 needs CUDA (a gradient scaler guards its small range there); "
+                            "on CPU use bf16 or fp32")
     return precision
 
 
-def autocast_context(precision: str):
-    precision = resolve_precision(precision)
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+def autocast_context(precision: str, device: str = "cpu"):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return nullcontext()
-    raise ValueError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
+    return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, biases), and the media encoders at
-    lr * encoder_lr_scale: trained from scratch at the decoder's rate, the image encoder collapses to
-    the same output for every image within a few hundred steps, and the decoder then ignores images."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | None = None) -> torch.optim.AdamW:
+    """AdamW over `names` (default: the parameters that require grad), with weight decay on matrices only
+    (not norms, biases), and the media encoders at lr * encoder_lr_scale: trained from scratch at the
+    decoder's rate, the image encoder collapses to the same output for every image within a few hundred
+    steps, and the decoder then ignores images. A parameter frozen for a while (staged training) has no
+    gradient then, and AdamW leaves it and its state alone."""
     groups = []
     for is_encoder in (False, True):
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoders.") == is_encoder]
+        params = [(n, p) for n, p in model.named_parameters()
+                  if (p.requires_grad if names is None else n in names) and n.startswith("encoders.") == is_encoder]
         scale = cfg.encoder_lr_scale if is_encoder else 1.0
         groups.append({"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale})
         groups.append({"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
 
 
-def prepare(cfg: Config, world_dir: Path | None, progress: bool = True):
+def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenizer: ChatTokenizer | None = None):
     """The tokenizer, the model, and the processed training set: the records of cfg.data.train_file when
     set (invalid ones land in dataset.skipped with their line and reason), else the world's train split.
-    The tokenizer is cfg.data.tokenizer when set, else trained on the training text."""
+    The tokenizer is the one given (a resumed run reuses its checkpoint's), else cfg.data.tokenizer when
+    set, else trained on the training text."""
     if cfg.data.train_file:
         data = DataFile(cfg.data.train_file, cfg.data.format, media_root=cfg.data.media_root or None)
-        texts = data.texts()  # streamed: the file is read once for the tokenizer, once for the examples
+        texts = data.texts  # streamed: the file is read once for the tokenizer, once for the examples
     else:
         train_records = load_split(world_dir, "train")
-        texts = world_texts(train_records) + ["Describe the picture."]
-    tokenizer = ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
-        ChatTokenizer.train(texts, cfg.tokenizer.vocab_size)
+        texts = lambda: world_texts(train_records) + ["Describe the picture."]  # noqa: E731
+    if tokenizer is None:
+        tokenizer = ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
+            ChatTokenizer.train(texts(), cfg.tokenizer.vocab_size)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
     processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
@@ -109,73 +156,290 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True):
     return tokenizer, model, processor, dataset
 
 
-def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset: ConversationDataset, out_dir: Path,
-          *, progress: bool = True, log=print, meta: dict | None = None) -> TrainResult:
+class Schedule:
+    """The learning rate of each step: per stage, linear warmup then cosine to lr * min_lr_ratio. Without
+    stages (one stage) the cosine also follows the wall-clock budget when train.max_minutes is set.
+    Its state is the step and the elapsed training time, which is what a resumed run needs."""
+
+    def __init__(self, plan: Plan, tc: TrainConfig):
+        self.plan, self.tc = plan, tc
+        self.step, self.elapsed = 0, 0.0
+
+    @property
+    def budget(self) -> float:
+        return self.tc.max_minutes * 60.0
+
+    def progress(self) -> float:
+        """The run's progress in [0, 1+]: by steps, or by time when the budget runs out first."""
+        prog = self.step / self.plan.total_steps
+        return max(prog, self.elapsed / self.budget) if self.budget > 0 else prog
+
+    def lr(self) -> float:
+        stage, start = self.plan.stage_at(self.step)
+        s = self.plan.stages[stage]
+        local = self.step - start
+        prog = local / s.steps
+        if len(self.plan.stages) == 1 and self.budget > 0:
+            prog = max(prog, self.elapsed / self.budget)
+        return s.lr * lr_factor(local, prog, self.tc, warmup=min(self.tc.warmup_steps, s.steps))
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "elapsed": self.elapsed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+
+
+class _Stop:
+    """SIGTERM (a scheduler preempting the job) sets a flag; the loop saves a checkpoint and stops at the
+    end of the step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no graceful stop
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device.type != "cpu" else batch
+
+
+def _batch_ids(dataset, indices: list[list[int]]) -> str:
+    ids = getattr(dataset, "ids", None)
+    flat = [i for mb in indices for i in mb]
+    names = [str(ids[i]) if ids is not None and i < len(ids) else f"#{i}" for i in flat]
+    return ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
+          progress: bool = True, log=print, meta: dict | None = None, resume: bool = False,
+          dist: Dist | None = None) -> TrainResult:
+    """Train `model` in place on `dataset` (any map-style dataset of Examples) and write OUT/checkpoint (the
+    final model: adapters merged, ready for chat/eval/export), OUT/train_log.jsonl and, with train.save_every,
+    resumable checkpoints in OUT/checkpoints/. Under torchrun pass the Dist of init_distributed()."""
     tc = cfg.train
+    dist = dist or Dist()
+    out_dir = Path(out_dir)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    if len(dataset) < tc.batch_size:
-        raise ValueError(f"the training set has {len(dataset)} conversations, fewer than train.batch_size={tc.batch_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    precision = resolve_precision(tc.precision)  # once: it reads /proc/cpuinfo
-    log(f"model: {count_parameters(model):,} parameters; data: {dataset.report()}; "
-        f"precision: {precision} (train.precision={tc.precision})")
-    g = torch.Generator().manual_seed(tc.seed)
-    loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=Collator(tokenizer.pad_id), generator=g)
-    opt = make_optimizer(model, tc)
-    budget = tc.max_minutes * 60.0
-    model.train()
-    log_file = open(out_dir / "train_log.jsonl", "w")
-    t0 = time.perf_counter()
-    tokens, step, losses, ema = 0, 0, [], None
-    # With a wall-clock budget the step count is not known ahead: the bar counts steps and shows the time left.
-    bar = tqdm(total=None if budget > 0 else tc.max_steps, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    done = False
-    while not done:
-        for batch in loader:
-            elapsed = time.perf_counter() - t0
-            prog = step / tc.max_steps
-            if budget > 0:
-                prog = max(prog, elapsed / budget)
-            if prog >= 1.0:
-                done = True
-                break
-            lr = tc.lr * lr_factor(step, prog, tc)
+    if tc.on_nan not in ("stop", "skip"):
+        raise MMDialogError(f"train.on_nan must be stop or skip, got {tc.on_nan!r}")
+    if tc.grad_accum < 1:
+        raise MMDialogError(f"train.grad_accum must be at least 1, got {tc.grad_accum}")
+    device = resolve_device(tc.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    precision = resolve_precision(tc.precision, device.type)  # once: it reads /proc/cpuinfo
+    sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank, world_size=dist.world_size,
+                          micro=tc.grad_accum)
+    collate = Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or model.decoder.max_seq_len,
+                       loss_turns=tc.loss_turns)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    plan = build_plan(model, tc)  # LoRA adapters are injected here
+    if tc.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    model.to(device)
+    opt = make_optimizer(model, tc, names=plan.all_trainable)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    schedule = Schedule(plan, tc)
+    ckpt_root = out_dir / "checkpoints"
+    ckpt_meta = {**(meta or {}), "adapters": plan.adapters, "strategy": tc.strategy}
+    tokens, ema, losses, skipped_batches, resumed_from = 0, None, [], 0, 0
+
+    if resume:
+        latest = latest_training_checkpoint(ckpt_root)
+        if latest is None:
+            log(f"resume: no checkpoint in {ckpt_root}; starting from step 0")
+        else:
+            resumed_from = _load_resume(latest, model, opt, scaler, schedule, sampler, dataset, dist)
+            st = load_training_state(latest)
+            tokens, ema, losses = st["tokens"], st["ema"], [tuple(x) for x in st["losses"]]
+            skipped_batches = st["skipped_batches"]
+            log(f"resumed from {latest} (step {resumed_from})")
+
+    n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in plan.all_trainable)
+    log(f"model: {count_parameters(model):,} parameters ({n_trainable:,} trained, strategy {tc.strategy}); "
+        f"data: {dataset.report() if hasattr(dataset, 'report') else len(dataset)}; precision: {precision} "
+        f"(train.precision={tc.precision}); device: {device}"
+        + (f"; {dist.world_size} processes" if dist.enabled else ""))
+
+    objective = NextTokenObjective(model)
+    ddp, stage = None, None
+    log_file = _open_log(out_dir / "train_log.jsonl", resumed_from) if dist.is_main else None
+    t0 = time.perf_counter() - schedule.elapsed
+    bar = tqdm(total=None if schedule.budget > 0 else plan.total_steps, initial=schedule.step, desc="train",
+               unit="step", disable=not progress or not dist.is_main, dynamic_ncols=True)
+    stopped, consecutive_skips = "", 0
+
+    def state() -> dict:
+        return {"optimizer": opt.state_dict(), "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
+                "sampler": sampler.state_dict(), "dataset": getattr(dataset, "state_dict", lambda: None)(),
+                "rng": dist.gather(rng_state()), "tokens": tokens, "ema": ema, "losses": losses,
+                "skipped_batches": skipped_batches, "world_size": dist.world_size}
+
+    def save_resumable() -> None:
+        st = state()  # a collective: every process takes part
+        if dist.is_main:
+            save_training_checkpoint(ckpt_root, schedule.step, model, tokenizer, cfg,
+                                     {**ckpt_meta, "tokens": tokens}, st, tc.keep_last)
+        dist.barrier()
+
+    with _Stop() as stop:
+        while schedule.step < plan.total_steps and schedule.progress() < 1.0:
+            s, _ = plan.stage_at(schedule.step)
+            if s != stage:  # which parameters train changed: DDP must be rebuilt over the new set
+                plan.apply(model, s)
+                stage = s
+                if dist.enabled:
+                    from torch.nn.parallel import DistributedDataParallel as DDP
+
+                    # a modality absent from a batch leaves its encoder without gradients
+                    ddp = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                              find_unused_parameters=len(model.encoders) > 1)
+                if len(plan.stages) > 1 and dist.is_main:
+                    log(f"stage {s + 1}/{len(plan.stages)} from step {schedule.step}: "
+                        f"{len(plan.stages[s].trainable)} parameter tensors train at lr {plan.stages[s].lr:g}")
+            lr = schedule.lr()
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            with autocast_context(precision):
-                out = model(**batch)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            indices = sampler.next()
+            batches = [_to(collate([dataset[i] for i in mb]), device) for mb in indices]
+            weight = dist.all_reduce(torch.stack([target_weights(b["labels"], b.get("loss_weights")).sum()
+                                                  for b in batches]).sum().double().reshape(1))
+            norm = float(weight) / dist.world_size  # backward of sum / norm: DDP's mean over processes sums them
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            for i, b in enumerate(batches):
+                sync = ddp is None or i == len(batches) - 1
+                with (nullcontext() if sync else ddp.no_sync()), autocast_context(precision, device.type):
+                    part, _ = (ddp or objective)(b)
+                scaler.scale(part / max(norm, 1e-12)).backward()
+                loss_sum += part.detach().double()
+            step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+            stats = dist.all_reduce(torch.stack([loss_sum, torch.tensor(float(stop.requested), dtype=torch.float64,
+                                                                        device=device),
+                                                 torch.tensor(float(step_tokens), dtype=torch.float64, device=device)]))
+            loss = float(stats[0]) / max(float(weight), 1e-12)
+            stop_now = float(stats[1]) > 0
+            scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            step += 1
-            tokens += int(batch["attention_mask"].sum())
-            loss = out.loss.item()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.2e}); lower train.lr")
+            # With fp16 an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
+            bad = not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(float(gnorm)))
+            if bad:
+                where = (f"step {schedule.step + 1}: loss {loss}, gradient norm {float(gnorm)} on batch "
+                         f"[{_batch_ids(dataset, indices)}] (lr {lr:.2e})")
+                opt.zero_grad(set_to_none=True)
+                consecutive_skips += 1
+                if tc.on_nan == "stop" or consecutive_skips > MAX_CONSECUTIVE_SKIPS:
+                    bar.close()
+                    if log_file:
+                        log_file.close()
+                    raise MMDialogError(f"non-finite loss or gradient at {where}; the weights were not updated. "
+                                        + ("Lower train.lr, or set train.on_nan=skip to skip such batches"
+                                           if tc.on_nan == "stop" else f"{consecutive_skips} batches in a row"))
+                skipped_batches += 1
+                log(f"skipped a non-finite batch at {where}")
+                if stop_now:
+                    stopped = "SIGTERM"
+                    save_resumable()
+                    break
+                continue
+            consecutive_skips = 0
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            schedule.step += 1
+            schedule.elapsed = time.perf_counter() - t0
+            tokens += int(stats[2])
             ema = loss if ema is None else 0.9 * ema + 0.1 * loss
-            if step % tc.log_every == 0 or step == 1:
-                elapsed = time.perf_counter() - t0
+            step = schedule.step
+            if (step % tc.log_every == 0 or step == 1) and dist.is_main:
                 rec = {"step": step, "loss": loss, "loss_ema": ema, "lr": lr, "grad_norm": float(gnorm),
-                       "tokens": tokens, "elapsed": elapsed, "tokens_per_second": tokens / elapsed}
+                       "tokens": tokens, "elapsed": schedule.elapsed, "tokens_per_second": tokens / schedule.elapsed}
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
                 losses.append((step, loss))
             bar.update(1)
-            now = time.perf_counter() - t0
-            postfix = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tokens / now:.0f}"}
-            if budget > 0:
-                postfix["left"] = f"{max(budget - now, 0):.0f}s"
+            postfix = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tokens / schedule.elapsed:.0f}"}
+            if schedule.budget > 0:
+                postfix["left"] = f"{max(schedule.budget - schedule.elapsed, 0):.0f}s"
             bar.set_postfix(postfix)
+            if stop_now:
+                stopped = "SIGTERM"
+                save_resumable()
+                break
             if tc.save_every and step % tc.save_every == 0:
-                save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, {**(meta or {}), "step": step})
+                save_resumable()
     bar.close()
-    log_file.close()
-    wall = time.perf_counter() - t0
+    if log_file:
+        log_file.close()
+    wall = schedule.elapsed
+    if stopped:
+        log(f"stopped by {stopped} after step {schedule.step}; checkpoint in {ckpt_root}; continue with --resume")
+    elif tc.save_every and schedule.step % tc.save_every and schedule.step > resumed_from:
+        save_resumable()  # the final state, so that --resume of a finished run has nothing left to do
     model.eval()
-    save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, {**(meta or {}), "step": step, "tokens": tokens})
-    return TrainResult(step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
-                       losses, len(dataset.skipped))
+    if plan.adapters == "lora" and not stopped:
+        merge_lora(model)  # deployment: plain weights, the names and shapes of the model without adapters
+    if dist.is_main:
+        final_meta = {**ckpt_meta, "adapters": plan.adapters if stopped else None, "step": schedule.step,
+                      "tokens": tokens}
+        save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, final_meta)
+    dist.barrier()
+    return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
+                       losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches)
+
+
+def _open_log(path: Path, resumed_from: int):
+    """The JSONL log, appended to on resume after dropping records past the resumed step (they are redone)."""
+    if resumed_from and path.is_file():
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= resumed_from:
+                    keep.append(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+        path.write_text("".join(k + "\n" for k in keep))
+        return open(path, "a")
+    return open(path, "w")
+
+
+def _load_resume(directory: Path, model, opt, scaler, schedule, sampler, dataset, dist: Dist) -> int:
+    """Load a training checkpoint into the freshly built objects; returns its step."""
+    from safetensors.torch import load_model
+
+    st = load_training_state(directory)
+    if st["world_size"] != dist.world_size:
+        raise MMDialogError(f"cannot resume {directory}: it was written by {st['world_size']} process(es), this run "
+                            f"has {dist.world_size} (the RNG states and data shards are per process)")
+    meta = json.loads((directory / "meta.json").read_text())
+    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=False,
+                                     device=str(next(model.parameters()).device))
+    if missing or unexpected:
+        raise MMDialogError(f"cannot resume {directory}: its weights are from another model or strategy "
+                            f"(checkpoint strategy {meta.get('strategy')!r}): missing {sorted(missing)[:3]}, "
+                            f"unexpected {sorted(unexpected)[:3]}")
+    opt.load_state_dict(st["optimizer"])
+    scaler.load_state_dict(st["scaler"])
+    schedule.load_state_dict(st["scheduler"])
+    sampler.load_state_dict(st["sampler"])
+    if st.get("dataset") is not None and hasattr(dataset, "load_state_dict"):
+        dataset.load_state_dict(st["dataset"])
+    set_rng_state(st["rng"][dist.rank])
+    return schedule.step
+

@@ -1,6 +1,7 @@
 import pytest
 
 from mmdialog.config import TrainConfig
+from mmdialog.errors import MMDialogError
 from mmdialog.train.trainer import lr_factor
 
 
@@ -38,6 +39,9 @@ def test_precision_auto_resolves(monkeypatch):
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
     assert trainer.resolve_precision("auto") == "bf16"
     assert trainer.resolve_precision("fp32") == "fp32"
-    with pytest.raises(ValueError, match="train.precision"):
-        with trainer.autocast_context("fp16"):
+    with pytest.raises(MMDialogError, match="train.precision must be"):
+        trainer.resolve_precision("fp8")
+    with pytest.raises(MMDialogError, match="fp16 needs CUDA"):
+        with trainer.autocast_context("fp16", "cpu"):
             pass
+    assert trainer.resolve_precision("fp16", "cuda") == "fp16"

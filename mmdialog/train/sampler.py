@@ -1,0 +1,73 @@
+"""Which conversations each optimizer step trains on: seeded, sharded across processes, resumable mid-epoch.
+
+Epoch e visits a permutation of the dataset drawn from (seed, e) alone, so the order never depends on how
+many steps ran before, in which process, or whether the run was restarted. Each step takes the next
+`batch_size` indices of the permutation (the global batch; an epoch's remainder is dropped), splits them
+into `micro` consecutive micro-batches (gradient accumulation), and each micro-batch into `world_size`
+consecutive shards, one per process:
+
+    global batch  [i0 i1 i2 i3 i4 i5 i6 i7]      batch_size 8, micro 2, world_size 2
+    micro-batch 0 [i0 i1 i2 i3]   rank 0: [i0 i1]   rank 1: [i2 i3]
+    micro-batch 1 [i4 i5 i6 i7]   rank 0: [i4 i5]   rank 1: [i6 i7]
+
+So one process with micro=1 sees exactly the conversations that N processes with accumulation see together
+in a step. The position (epoch, step within it) is the whole state: a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmdialog.errors import MMDialogError
+
+
+class StepSampler:
+    def __init__(self, n: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, micro: int = 1):
+        if batch_size % (micro * world_size):
+            raise MMDialogError(f"train.batch_size={batch_size} must split evenly into train.grad_accum={micro} "
+                                f"micro-batches on each of {world_size} process(es) (a multiple of {micro * world_size})")
+        if n < batch_size:
+            raise MMDialogError(f"the training set has {n} conversations, fewer than train.batch_size={batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.micro = rank, world_size, micro
+        self.steps_per_epoch = n // batch_size
+        self.epoch, self.index = 0, 0  # the next step is step `index` of epoch `epoch`
+        self._perm_epoch, self._perm = -1, None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def global_batch(self) -> list[int]:
+        """The next step's indices over all processes, without advancing."""
+        start = self.index * self.batch_size
+        return self.permutation(self.epoch)[start:start + self.batch_size].tolist()
+
+    def next(self) -> list[list[int]]:
+        """This process's micro-batches for the next step (micro lists of batch_size / micro / world_size
+        indices), and advance."""
+        batch = self.global_batch()
+        per_micro = self.batch_size // self.micro
+        shard = per_micro // self.world_size
+        out = []
+        for m in range(self.micro):
+            mb = batch[m * per_micro:(m + 1) * per_micro]
+            out.append(mb[self.rank * shard:(self.rank + 1) * shard])
+        self.index += 1
+        if self.index == self.steps_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "n": self.n, "batch_size": self.batch_size,
+                "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("n", "batch_size", "seed"):
+            if state[key] != getattr(self, key):
+                what = {"n": "training conversations", "batch_size": "train.batch_size", "seed": "train.seed"}[key]
+                raise MMDialogError(f"cannot resume: the checkpoint's data order is for {what} = {state[key]}, "
+                                    f"this run has {getattr(self, key)}")
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
