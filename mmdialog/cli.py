@@ -25,7 +25,8 @@ def cmd_world(args) -> None:
 
     summary = generate_world(Path(args.out), dialogues=args.dialogues, seed=args.seed, image_size=args.image_size,
                              rounds=args.rounds, held_out=args.held_out or (),
-                             held_out_dialogues=args.held_out_dialogues, long_rounds=args.long_rounds)
+                             held_out_dialogues=args.held_out_dialogues, long_rounds=args.long_rounds,
+                             modalities=args.modalities, media_dialogues=args.media_dialogues)
     print(json.dumps(summary, indent=2))
 
 
@@ -249,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "wordings), or all")
     sp.add_argument("--held-out-dialogues", type=int, help="dialogues per held-out split (default: as many as test)")
     sp.add_argument("--long-rounds", type=int, help="question rounds of test_long (default and minimum: 2 x --rounds)")
+    sp.add_argument("--modalities", default="image", metavar="LIST",
+                    help="image (default: the picture world only), or with audio and/or video (e.g. image,audio,video "
+                         "or all): also write media dialogues to OUT/media/ (ShareGPT-style JSONL): clips of moving "
+                         "shapes, beeps, and second pictures in later turns")
+    sp.add_argument("--media-dialogues", type=int, help="media dialogues over all splits (default: as many as "
+                                                        "--dialogues); with --modalities image: second pictures only")
     sp.set_defaults(func=cmd_world)
 
     sp = sub.add_parser("train", help="train a model from a config (torchrun for several processes)",

@@ -22,6 +22,7 @@ from mmdialog.data.worlds.shapes.dialogue import (
 from mmdialog.data.worlds.shapes.heldout import (
     DESCRIPTIONS, HELDOUT_SPLITS, KINDS, SPLIT_IDS, heldout_pairs, paraphrase_record, parse_kinds,
 )
+from mmdialog.data.worlds.shapes.media_io import generate_media, parse_modalities
 from mmdialog.data.worlds.shapes.render import encode_png, render
 from mmdialog.data.worlds.shapes.scene import (
     COLOURS, GRID, MAX_OBJECTS, MIN_OBJECTS, POSITIONS, SHAPES, SIZES, Draws, check_image_size, sample_scene,
@@ -95,12 +96,18 @@ class _Tally:
 
 def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, rounds: int = 8,
                    splits=(0.8, 0.1, 0.1), progress: bool = True, held_out=(),
-                   held_out_dialogues: int | None = None, long_rounds: int | None = None) -> dict:
+                   held_out_dialogues: int | None = None, long_rounds: int | None = None,
+                   modalities=("image",), media_dialogues: int | None = None) -> dict:
     """Write a world of `dialogues` dialogues to out_dir; the same arguments give the same bytes.
 
     held_out: kinds of held-out test splits to add ("long", "combos", "paraphrase"; see heldout.py), each of
     held_out_dialogues dialogues (default: the test split's count); long_rounds: rounds of test_long
     (default and minimum: 2 x rounds). Without held_out the files are exactly those of earlier versions.
+
+    modalities: with audio and/or video (e.g. ("image", "audio", "video")), or media_dialogues > 0, media
+    dialogues are written too: WORLD/media/{train,val,test}.jsonl with pictures, beeps and clips in later
+    turns (media_io.py; media_dialogues of them, default: as many as `dialogues`, split the same way).
+    Without them the files are exactly those of earlier versions.
 
     Returns {"counts": {split: n}, "questions", "by_distance", "by_family", "by_ref", "seconds"}, plus
     "heldout": {split: n} with held-out splits.
@@ -118,6 +125,12 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     kinds = parse_kinds(held_out)
     n_held = counts["test"] if held_out_dialogues is None else held_out_dialogues
     long_rounds = 2 * rounds if long_rounds is None else long_rounds
+    modalities = parse_modalities(modalities)
+    with_media = modalities != ("image",) or bool(media_dialogues)
+    if media_dialogues is not None and (not isinstance(media_dialogues, int) or media_dialogues < 0):
+        raise MMDialogError(f"media_dialogues must be a non-negative integer, got {media_dialogues!r}")
+    if with_media and rounds < 3:
+        raise MMDialogError(f"media dialogues need at least 3 question rounds, got rounds={rounds}")
     if kinds and (not isinstance(n_held, int) or n_held < 1):
         raise MMDialogError(f"held_out_dialogues must be a positive integer, got {n_held!r}")
     if "long" in kinds and (not isinstance(long_rounds, int) or long_rounds < 2 * rounds):
@@ -159,6 +172,10 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
                        "families": list(FAMILIES), "refs": list(REFS)},
         "stats": stats,
     }
+    if with_media:  # only then, as with held-out splits
+        world["media"] = generate_media(out, counts=split_counts(media_dialogues or dialogues, splits), seed=seed,
+                                        image_size=image_size, rounds=rounds, modalities=modalities,
+                                        progress=progress)
     if kinds:  # only then: a default world.json keeps its bytes
         world["heldout"] = {"splits": {KINDS[k]: {"count": n_held, "rounds": options[KINDS[k]]["rounds"],
                                                   "description": DESCRIPTIONS[KINDS[k]]} for k in kinds}}
@@ -168,6 +185,8 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     summary = {"counts": counts, **stats, "seconds": round(time.perf_counter() - start, 3)}
     if kinds:
         summary["heldout"] = {KINDS[k]: n_held for k in kinds}
+    if with_media:
+        summary["media"] = {"counts": world["media"]["counts"], **world["media"]["stats"]}
     return summary
 
 
