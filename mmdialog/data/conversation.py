@@ -107,10 +107,13 @@ Part = Union[Text, Image, Audio, Video]
 class Turn:
     role: Role
     parts: list[Part]
+    weight: float = 1.0  # an assistant turn's loss weight (train.loss_turns=weighted); 0: not trained
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise MMDialogError(f"turn role must be one of {ROLES}, got {self.role!r}")
+        if not (isinstance(self.weight, (int, float)) and self.weight >= 0) or isinstance(self.weight, bool):
+            raise MMDialogError(f"turn weight must be a number >= 0, got {self.weight!r}")
 
     @property
     def text(self) -> str:
@@ -142,7 +145,9 @@ class Conversation:
                 return {"type": "text", "text": p.text}
             return {"type": p.type, "path": str(p.path) if p.path else None}
 
-        return {"turns": [{"role": t.role, "parts": [part(p) for p in t.parts]} for t in self.turns], "meta": self.meta}
+        return {"turns": [{"role": t.role, "parts": [part(p) for p in t.parts], **({"weight": t.weight} if t.weight != 1
+                                                                                   else {})} for t in self.turns],
+                "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict, root: str | Path | None = None, where: str = "conversation") -> "Conversation":
@@ -160,7 +165,7 @@ class Conversation:
                         parts.append({"image": Image, "audio": Audio, "video": Video}[p["type"]](path=path))
                     else:
                         raise MMDialogError(f"{where}: turn {i} part {j} has unknown type {p['type']!r}")
-                turns.append(Turn(t["role"], parts))
+                turns.append(Turn(t["role"], parts, t.get("weight", 1.0)))
         except KeyError as e:
             raise MMDialogError(f"{where}: missing field {e}") from None
         return cls(turns, dict(d.get("meta", {})))

@@ -41,6 +41,7 @@ class Example:
     images: torch.Tensor | None = None
     audios: torch.Tensor | None = None  # (N, S) waveforms, when the conversation has audio
     videos: torch.Tensor | None = None  # (N, F, 3, H, W) frames, when it has video
+    weights: torch.Tensor | None = None  # (T,) float: each reply token's turn weight, when a turn's weight is not 1
 
 
 def image_to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
@@ -279,4 +280,22 @@ class Processor:
         if add_generation_prompt:  # the trailing <|assistant|> opens a reply that is not there yet
             labels[-1] = IGNORE
         return Example(torch.tensor(ids), torch.tensor(labels),
-                       **{key: self.media_tensor(conv, m, where) for m, key in MEDIA_KEYS.items()})
+                       **{key: self.media_tensor(conv, m, where) for m, key in MEDIA_KEYS.items()},
+                       weights=self.weights_for(conv, ids))
+
+    def weights_for(self, conv: Conversation, ids: list[int]) -> torch.Tensor | None:
+        """(T,) float: the tokens of the k-th assistant reply (from its <|assistant|> to its <|end|>) carry the k-th
+        assistant turn's weight, every other token 1. None when every turn weighs 1."""
+        replies = [t.weight for t in conv.turns if t.role == "assistant"]
+        if all(w == 1 for w in replies):
+            return None
+        assistant, end = self.tokenizer.role_ids["assistant"], self.tokenizer.end_id
+        out, k, inside = torch.ones(len(ids)), -1, False
+        for i, t in enumerate(ids):
+            if inside and k < len(replies):
+                out[i] = replies[k]
+            if t == assistant:
+                k, inside = k + 1, True
+            elif t == end:
+                inside = False
+        return out

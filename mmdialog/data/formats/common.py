@@ -49,6 +49,15 @@ def field_name(key: str, *index: int | str) -> str:
     return out
 
 
+def message_weight(message: dict, field: str) -> float:
+    """A message's optional loss weight (OpenAI fine-tuning files put "weight": 0 or 1 on assistant messages):
+    a number >= 0, 1 when absent."""
+    w = message.get("weight", 1)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+        raise RecordError(MALFORMED, f"field {field} should be a number >= 0, got {_short(w)}")
+    return float(w)
+
+
 def expect(value, types, field: str):
     """value if it has one of the types (a bool is no int), else a MALFORMED RecordError naming the field."""
     types = types if isinstance(types, tuple) else (types,)

@@ -25,6 +25,7 @@ from PIL import Image as PILImage
 from mmdialog.data.conversation import Audio, Conversation, Image, Text, Turn
 from mmdialog.data.formats.common import (
     MALFORMED, UNDECODABLE, MediaRoot, RecordError, check_not_empty, check_roles, expect, field_name, map_role,
+    message_weight,
 )
 from mmdialog.errors import MMDialogError
 
@@ -77,12 +78,13 @@ def _audio(part: dict, media: MediaRoot, field: str) -> Audio:
 def from_record(rec, media: MediaRoot) -> Conversation:
     expect(rec, dict, "record")
     msgs = expect(rec.get("messages"), list, field_name("messages"))
-    roles, names, parts_of, string_content = [], [], [], []
+    roles, names, parts_of, string_content, weights = [], [], [], [], []
     for i, m in enumerate(msgs):
         name = field_name("messages", i)
         expect(m, dict, name)
         roles.append(map_role(m.get("role"), ROLES, field_name("messages", i, "role")))
         names.append(name)
+        weights.append(message_weight(m, field_name("messages", i, "weight")))
         content = m.get("content")
         if content is None or isinstance(content, str):
             string_content.append(i)
@@ -104,7 +106,7 @@ def from_record(rec, media: MediaRoot) -> Conversation:
                 raise RecordError(MALFORMED, f"field {field}.type is {kind!r}; supported: text, image_url, input_audio")
         parts_of.append(parts)
     check_roles(roles, names)
-    turns = [Turn(role, parts) for role, parts in zip(roles, parts_of)]
+    turns = [Turn(role, parts, w) for role, parts, w in zip(roles, parts_of, weights)]
     check_not_empty(turns, names)
     extra = {k: v for k, v in rec.items() if k != "messages"}
     return Conversation(turns, {"record": extra, "style": {"string_content": string_content}})
@@ -128,7 +130,7 @@ def to_record(conv: Conversation, media: MediaRoot) -> dict:
         texts_only = all(isinstance(p, Text) for p in turn.parts) and len(turn.parts) <= 1
         as_string = (i in strings) if strings is not None else texts_only
         if as_string and texts_only:
-            msgs.append({"role": turn.role, "content": turn.parts[0].text if turn.parts else ""})
+            msgs.append({"role": turn.role, "content": turn.parts[0].text if turn.parts else "", **_weight(turn)})
             continue
         content = []
         for p in turn.parts:
@@ -148,6 +150,10 @@ def to_record(conv: Conversation, media: MediaRoot) -> dict:
                 content.append({"type": "input_audio", "input_audio": spec})
             else:
                 raise MMDialogError(f"{where}: OpenAI chat records hold no {p.type} parts")
-        msgs.append({"role": turn.role, "content": content})
+        msgs.append({"role": turn.role, "content": content, **_weight(turn)})
     rec["messages"] = msgs
     return rec
+
+
+def _weight(turn) -> dict:
+    return {"weight": int(turn.weight) if float(turn.weight).is_integer() else turn.weight} if turn.weight != 1 else {}

@@ -16,7 +16,7 @@ from collections import deque
 from mmdialog.data.conversation import Conversation, Turn
 from mmdialog.data.formats.common import (
     MALFORMED, MediaRoot, RecordError, check_not_empty, check_roles, check_tag_counts, count_tags, expect,
-    field_name, join_tags, map_role, media_part, split_tags,
+    field_name, join_tags, map_role, media_part, message_weight, split_tags,
 )
 from mmdialog.errors import MMDialogError
 
@@ -39,12 +39,13 @@ def from_record(rec, media: MediaRoot) -> Conversation:
         items = expect(rec.get(lst, []), list, field_name(lst))
         queues[kind] = deque(media_part(kind, media.resolve(p, field_name(lst, j))) for j, p in enumerate(items))
 
-    roles, texts, names = [], [], []
+    roles, texts, names, weights = [], [], [], []
     system = rec.get("system")
     if system is not None:
         roles.append("system")
         texts.append(expect(system, str, field_name("system")))
         names.append(field_name("system"))
+        weights.append(1.0)
     keys = None
     for i, m in enumerate(msgs):
         expect(m, dict, field_name(key, i))
@@ -56,10 +57,11 @@ def from_record(rec, media: MediaRoot) -> Conversation:
                                          "ShareGPT-style content is a string with media tags (use --format openai)")
         texts.append(expect(content, str, field_name(key, i, keys[1])))
         names.append(field_name(key, i))
+        weights.append(message_weight(m, field_name(key, i, "weight")))
     check_roles(roles, names)
     check_tag_counts(count_tags(texts, LISTS), {k: len(q) for k, q in queues.items()}, field_name(key),
                      {k: field_name(v) for k, v in LISTS.items()})
-    turns = [Turn(role, split_tags(text, queues)) for role, text in zip(roles, texts)]
+    turns = [Turn(role, split_tags(text, queues), w) for role, text, w in zip(roles, texts, weights)]
     check_not_empty(turns, names)
     extra = {k: v for k, v in rec.items() if k not in (key, "system", *LISTS.values())}
     style = {"key": key, "fields": list(keys or ("role", "content")), "system_field": system is not None,
@@ -81,7 +83,8 @@ def to_record(conv: Conversation, media: MediaRoot) -> dict:
         turns = turns[1:]
     msgs = []
     for i, turn in enumerate(turns):
-        msgs.append({role_key: names[turn.role], text_key: join_tags(turn.parts, found, f"ShareGPT record, turn {i}")})
+        msgs.append({role_key: names[turn.role], text_key: join_tags(turn.parts, found, f"ShareGPT record, turn {i}"),
+                     **({"weight": turn.weight} if turn.weight != 1 else {})})
     rec[key] = msgs
     for kind, lst in LISTS.items():
         if found[kind] or lst in style.get("lists", ()):
