@@ -147,7 +147,15 @@ def cmd_experiment(args) -> None:
     from mmdialog.eval.experiment import run_experiment
 
     cfg = _config(args)
-    s = run_experiment(cfg, Path(args.out), budget_minutes=args.budget_minutes, seeds=args.seeds,
+    if args.name == "fusion":
+        from mmdialog.eval.fusion_experiment import run_fusion_experiment
+
+        s = run_fusion_experiment(cfg, Path(args.out), budget_minutes=args.budget_minutes, seeds=args.seeds or [0],
+                                  fusions=tuple(args.fusions), eval_dialogues=args.eval_dialogues)
+        print(f"wrote {Path(args.out) / 'fusion.md'}, fusion.json, fusion.png, report.html "
+              f"({s['settings']['wall_seconds']:.0f}s)")
+        return
+    s = run_experiment(cfg, Path(args.out), budget_minutes=args.budget_minutes, seeds=args.seeds or [0, 1],
                        variants=tuple(args.variants), policies=tuple(args.policies), eval_dialogues=args.eval_dialogues,
                        own_dialogues=args.own_dialogues)
     print(f"wrote {Path(args.out) / 'experiment.md'}, experiment.json, experiment.png, report.html "
@@ -336,19 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
                                     "assistant turn vs the last one only; with and without history augmentation) "
                                     "over several seeds, evaluate each with the context policies full, last_k, "
                                     "token_budget and summary at inference, and compare them in one table and plot "
-                                    "(OUT/experiment.md, experiment.json, experiment.png, report.html).")
-    sp.add_argument("name", choices=["multiturn"], help="the experiment to run")
+                                    "(OUT/experiment.md, experiment.json, experiment.png, report.html). "
+                                    "fusion: train each fusion (concat, cross_attention, interactive, hierarchical, "
+                                    "dynamic, resampler) on the same world with the same budget and compare accuracy "
+                                    "by dependency distance, parameters, training tokens/s and image tokens in the "
+                                    "sequence (OUT/fusion.md, fusion.json, fusion.png, report.html).")
+    sp.add_argument("name", choices=["multiturn", "fusion"], help="the experiment to run")
     sp.add_argument("--out", required=True)
     sp.add_argument("--budget-minutes", type=float, default=30.0,
-                    help="wall-clock budget; three quarters are split evenly between the training runs (default 30)")
-    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds per variant (default: 0 1)")
+                    help="wall-clock budget; three quarters are split evenly between the training runs (default 30; "
+                         "fusion: 0 trains each run train.max_steps steps instead)")
+    sp.add_argument("--seeds", type=int, nargs="+",
+                    help="training seeds per variant or fusion (default: 0 1 for multiturn, 0 for fusion)")
+    sp.add_argument("--fusions", nargs="+", default=["concat", "cross_attention", "interactive", "hierarchical",
+                                                     "dynamic", "resampler"],
+                    choices=["concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler"],
+                    help="fusion: the fusions to compare (default: all six)")
     sp.add_argument("--variants", nargs="+", default=["every_turn", "last_turn", "every_turn+augment"],
                     choices=["every_turn", "last_turn", "every_turn+augment", "last_turn+augment"])
     sp.add_argument("--policies", nargs="+", default=["full", "last_k:4", "token_budget:128", "summary:3"],
                     help="context policies at inference (as chat --policy takes them)")
     sp.add_argument("--eval-dialogues", type=int, default=300, help="test dialogues each run is evaluated on")
     sp.add_argument("--own-dialogues", type=int, default=100,
-                    help="of those, the ones chatted through (own history) under each policy")
+                    help="multiturn: of those, the ones chatted through (own history) under each policy")
     with_config(sp)
     sp.set_defaults(func=cmd_experiment)
 
