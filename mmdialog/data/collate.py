@@ -36,23 +36,27 @@ def last_turn_only(labels: torch.Tensor) -> torch.Tensor:
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: example indices grouped into rows of at most `capacity` tokens, each row in index
-    order. Deterministic for given lengths."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        if lengths[i] > capacity:
-            raise MMDialogError(f"a conversation of {lengths[i]} tokens does not fit a packed row of {capacity} "
+    """Example indices grouped into as few rows of at most `capacity` tokens as the greedy finds, with the rows'
+    lengths balanced (longest first, each into the least-filled row), so that the batch's longest row, which sets
+    the padded width, is short. Each row lists its examples in index order; deterministic for given lengths."""
+    for n in lengths:
+        if n > capacity:
+            raise MMDialogError(f"a conversation of {n} tokens does not fit a packed row of {capacity} "
                                 f"(train.pack_length)")
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for n_rows in range(max(1, -(-sum(lengths) // capacity)), len(lengths) + 1):
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        load = [0] * n_rows
+        for i in order:
+            fits = [r for r in range(n_rows) if load[r] + lengths[i] <= capacity]
+            if not fits:
                 break
+            r = min(fits, key=lambda r: (load[r], r))
+            rows[r].append(i)
+            load[r] += lengths[i]
         else:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-    return [sorted(r) for r in rows]
+            return [sorted(r) for r in rows if r]
+    return [[i] for i in range(len(lengths))]
 
 
 class Collator:

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
-from mmdialog.modules import (Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, TransformerBlock, causal_mask,
-                              segment_mask)
+from mmdialog.modules import (Attention, KVCache, RMSNorm, RotaryEmbedding, Segments, SwiGLU, TransformerBlock,
+                              causal_mask)
 from mmdialog.registry import DECODERS
 
 
@@ -114,7 +114,7 @@ class CausalDecoder(nn.Module):
             raise MMDialogError(f"a packed row of {T} positions exceeds the decoder's max_seq_len {self.max_seq_len}")
         if position_ids is None:
             position_ids = torch.arange(T, device=inputs_embeds.device)  # (T,)
-        mask = segment_mask(segment_ids) if segment_ids is not None else None  # (B, 1, T, T)
+        mask = Segments(segment_ids) if segment_ids is not None else None  # attention per conversation
         x = self.dropout(inputs_embeds)
         for layer, block in enumerate(self.blocks):
             if layer_hook is not None:

@@ -1,6 +1,6 @@
 """Model-agnostic building blocks: attention, RoPE, norms, MLPs, KV cache, transformer block."""
 
-from mmdialog.modules.attention import Attention, causal_mask, segment_mask
+from mmdialog.modules.attention import Attention, Segments, causal_mask, segment_mask
 from mmdialog.modules.cross_attention import CrossAttention
 from mmdialog.modules.kv_cache import KVCache, MediaMemory
 from mmdialog.modules.mlp import GeluMLP, SwiGLU
@@ -9,4 +9,4 @@ from mmdialog.modules.rope import RotaryEmbedding
 from mmdialog.modules.transformer import TransformerBlock
 
 __all__ = ["Attention", "CrossAttention", "GeluMLP", "KVCache", "MediaMemory", "RMSNorm", "RotaryEmbedding", "SwiGLU",
-           "TransformerBlock", "causal_mask", "segment_mask"]
+           "Segments", "TransformerBlock", "causal_mask", "segment_mask"]

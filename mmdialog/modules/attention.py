@@ -52,6 +52,9 @@ class Attention(nn.Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hs), S = cached + T
+        if isinstance(mask, Segments):  # packed rows: each conversation attends to itself alone
+            y = mask.attend(q, k, v, dropout=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
         S = k.shape[2]
         is_causal = self.causal and mask is None and T > 1
         if is_causal and S != T:
@@ -99,6 +102,54 @@ def causal_mask(*, past: int, q_len: int, padding_mask: torch.Tensor | None = No
         # and some SDPA kernels softmax an empty row to NaN; letting it see itself changes no real token.
         mask = mask | (k_pos == q_pos)
     return mask
+
+
+class Segments:
+    """Where the conversations of packed rows lie, for attention that never crosses from one to another.
+
+    Rather than a block-diagonal (T, T) mask over each whole row, whose masked entries cost as much as the
+    others, attention gathers each conversation's queries, keys and values into a row of its own (right-padded
+    to the longest conversation), runs causal SDPA there, and scatters the outputs back: the attention cost of
+    padding each conversation alone, while every other layer runs on the packed rows. Same result as
+    segment_mask (up to float rounding).
+    """
+
+    def __init__(self, segment_ids: torch.Tensor):
+        """segment_ids: (B, T), 1, 2, ... for the conversations of a row (each contiguous), 0 on padding."""
+        B, T = segment_ids.shape
+        flat = segment_ids.reshape(-1)  # (B*T,)
+        real = flat > 0
+        self.positions = real.nonzero().squeeze(1)  # (N,) flat positions of real tokens
+        row = torch.arange(B, device=flat.device).repeat_interleave(T)  # (B*T,)
+        key = (row * (int(flat.max()) + 1) + flat)[real]  # (N,) one id per (row, segment), runs in order
+        _, counts = torch.unique_consecutive(key, return_counts=True)  # (n_seg,)
+        starts = torch.cumsum(counts, 0) - counts
+        self.segment = torch.arange(len(counts), device=flat.device).repeat_interleave(counts)  # (N,)
+        self.offset = torch.arange(len(key), device=flat.device) - starts.repeat_interleave(counts)  # (N,)
+        self.shape = (B, T)
+        self.n, self.width = len(counts), int(counts.max()) if len(counts) else 0
+        index = torch.zeros(self.n, self.width, dtype=torch.long, device=flat.device)  # slots past a conversation's
+        index[self.segment, self.offset] = self.positions  # end read position 0: causally never seen by real ones
+        self.index = index
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, h, T, hs) -> (n_seg, h, width, hs)"""
+        B, h, T, hs = x.shape
+        flat = x.transpose(1, 2).reshape(B * T, h, hs)
+        return flat[self.index].transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+        """q (B, nh, T, hs), k and v (B, nkv, T, hs) -> (B, nh, T, hs); zeros on padding."""
+        B, nh, T, hs = q.shape
+        dtype = q.dtype
+        q, k, v = self.gather(q), self.gather(k), self.gather(v)  # (n_seg, h, width, hs)
+        if q.device.type == "cpu" and dtype == torch.bfloat16:  # see Attention.forward
+            q, k, v = q.float(), k.float(), v.float()
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.width > 1, dropout_p=dropout,
+                                           enable_gqa=k.shape[1] != nh).to(dtype)  # (n_seg, nh, width, hs)
+        out = y.new_zeros(B * T, nh, hs)
+        out[self.positions] = y.transpose(1, 2)[self.segment, self.offset]  # (N, nh, hs)
+        return out.reshape(B, T, nh, hs).transpose(1, 2)
 
 
 def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
