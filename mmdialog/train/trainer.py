@@ -392,16 +392,34 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         log(f"stopped by {stopped} after step {schedule.step}; checkpoint in {ckpt_root}; continue with --resume")
     elif tc.save_every and schedule.step % tc.save_every and schedule.step > resumed_from:
         save_resumable()  # the final state, so that --resume of a finished run has nothing left to do
+    sync = _check_in_sync(model, dist)
     model.eval()
     if plan.adapters == "lora" and not stopped:
         merge_lora(model)  # deployment: plain weights, the names and shapes of the model without adapters
     if dist.is_main:
         final_meta = {**ckpt_meta, "adapters": plan.adapters if stopped else None, "step": schedule.step,
-                      "tokens": tokens}
+                      "tokens": tokens, **sync}
         save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, final_meta)
     dist.barrier()
     return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
                        losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches)
+
+
+def _check_in_sync(model, dist: Dist) -> dict:
+    """Under DDP every process must end with the same parameters: compare their digests (an error if not)."""
+    if not dist.enabled:
+        return {}
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digests = dist.gather(h.hexdigest())
+    if len(set(digests)) > 1:
+        raise MMDialogError(f"the {dist.world_size} processes ended with different parameters (sha1 {digests}); "
+                            "data-parallel training went out of sync")
+    return {"processes": dist.world_size, "param_sha1_by_rank": digests}
 
 
 def _open_log(path: Path, resumed_from: int):
