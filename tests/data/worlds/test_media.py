@@ -419,3 +419,18 @@ def test_bad_files_and_arguments_are_named(world, tmp_path):
     assert parse_modalities("video") == ("image", "video") and parse_modalities("all") == ("image", "audio", "video")
     with pytest.raises(MMDialogError, match="at least 3 question rounds"):
         generate_world(tmp_path / "w", dialogues=10, seed=0, rounds=2, modalities="audio", progress=False)
+
+
+def test_held_out_combos_stay_out_of_media_dialogues(tmp_path):
+    from mmdialog.data.worlds.shapes import heldout_info
+
+    generate_world(tmp_path, dialogues=10, seed=4, progress=False, held_out="combos", held_out_dialogues=2,
+                   modalities="all", media_dialogues=60)
+    pairs = {tuple(p) for p in heldout_info(tmp_path)["pairs"]}
+    seen = set()
+    for split in ("train", "val", "test"):
+        for rec in load_media_split(tmp_path, split):
+            for m in rec["media"]:
+                objs = m["scene"]["objects"] if m["type"] == "image" else m["clip"]["objects"] if m["type"] == "video" else []
+                seen |= {(o["shape"], o["colour"]) for o in objs}
+    assert len(seen) >= 14 and not seen & pairs

@@ -175,7 +175,7 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     if with_media:  # only then, as with held-out splits
         world["media"] = generate_media(out, counts=split_counts(media_dialogues or dialogues, splits), seed=seed,
                                         image_size=image_size, rounds=rounds, modalities=modalities,
-                                        progress=progress)
+                                        exclude_pairs=pairs, progress=progress)
     if kinds:  # only then: a default world.json keeps its bytes
         world["heldout"] = {"splits": {KINDS[k]: {"count": n_held, "rounds": options[KINDS[k]]["rounds"],
                                                   "description": DESCRIPTIONS[KINDS[k]]} for k in kinds}}

@@ -152,8 +152,8 @@ def answer_of(program: dict, media: list) -> str:
     raise ValueError(f"unknown program op {op!r}")
 
 
-def family_of(op: str, program: dict) -> str:
-    if op in ("clip_caption",):
+def family_of(op: str) -> str:
+    if op == "clip_caption":
         return "caption"
     if op in ("move_count", "direction", "speed", "farthest", "farther"):
         return "motion"
@@ -203,8 +203,8 @@ FILTERS = all_filters()
 # ----------------------------------------------------------------------------- generator
 
 class _MediaDialogue:
-    def __init__(self, draws: Draws, image_size: int, rounds: int):
-        self.d, self.size, self.rounds = draws, image_size, rounds
+    def __init__(self, draws: Draws, image_size: int, rounds: int, exclude_pairs=None):
+        self.d, self.size, self.rounds, self.exclude = draws, image_size, rounds, exclude_pairs
         self.media: list[dict] = []  # {"type", "round", "value": Scene | Beeps | Clip}
         self.records: list[dict] = []
         self.focus: list[tuple[int, int] | None] = []  # (media index, object index) of clip objects
@@ -239,17 +239,16 @@ class _MediaDialogue:
         return "the first picture" if m == pics[0] else "the second picture"
 
     def _add(self, program: dict, ref: str, needs, *, shown=(), focus=None, learned=(), scored=True,
-             question: str | None = None, answer: str | None = None, family: str | None = None,
              allow_repeat: bool = False) -> bool:
         i = len(self.records)
-        q = question or question_text(program, ref)
+        q = question_text(program, ref)
         if scored and not allow_repeat and q in self.asked:
             return False
         needs = sorted(set(needs))
         dep = needs[0] if needs else None
         self.records.append({
-            "round": i, "question": q, "answer": answer if answer is not None else answer_of(program, self._values()),
-            "family": family or family_of(program["op"], program), "ref": ref, "depends_on": dep,
+            "round": i, "question": q, "answer": answer_of(program, self._values()),
+            "family": family_of(program["op"]), "ref": ref, "depends_on": dep,
             "distance": 0 if dep is None else i - dep, "needs": needs, "scored": scored, "program": program,
             "media": list(shown),
         })
@@ -262,7 +261,7 @@ class _MediaDialogue:
 
     # -- openers: a later turn brings new media, asked about at once (distance 0)
     def open_picture(self, i: int) -> None:
-        scene = sample_scene(self.d, self.size)
+        scene = sample_scene(self.d, self.size, exclude_pairs=self.exclude)
         m = self._show("image", scene, i)
         f = {} if self.d.random() < 0.4 else self._object_filter(scene, 1)
         self._add({"op": "picture_count", "media": m, "filter": f, "lead": LEADS["picture_count"]}, "none", [],
@@ -273,7 +272,7 @@ class _MediaDialogue:
         self._add({"op": "beep_count", "media": m, "pitch": None, "lead": LEADS["beep_count"]}, "none", [], shown=[m])
 
     def open_clip(self, i: int) -> None:
-        m = self._show("video", sample_clip(self.d, self.size), i)
+        m = self._show("video", sample_clip(self.d, self.size, exclude_pairs=self.exclude), i)
         self._add({"op": "move_count", "media": m, "direction": None, "lead": LEADS["move_count"]}, "none", [],
                   shown=[m])
 
@@ -319,9 +318,7 @@ class _MediaDialogue:
         if attr is not None:
             program["attr"] = attr
         learned = {"direction": ("direction",), "speed": ("speed",)}.get(op, (attr,))
-        family = "attribute" if op == "clip_attr" else "motion"
-        return self._add(program, ref, needs, focus=(m, o), learned=(*learned, *(desc or {})), family=family,
-                         allow_repeat=allow_repeat)
+        return self._add(program, ref, needs, focus=(m, o), learned=(*learned, *(desc or {})), allow_repeat=allow_repeat)
 
     def t_direction(self, i: int) -> bool:
         m = self._clip()
@@ -535,13 +532,13 @@ class _MediaDialogue:
 
     # -- the dialogues
     def motion(self) -> list[dict]:
-        self.clip_caption(sample_clip(self.d, self.size))
+        self.clip_caption(sample_clip(self.d, self.size, exclude_pairs=self.exclude))
         for i in range(1, self.rounds + 1):
             self._follow_up(i, MOTION_WEIGHTS, fallback=self._motion_fallback)
         return self.records
 
     def mixed(self, modalities) -> list[dict]:
-        scene = sample_scene(self.d, self.size)
+        scene = sample_scene(self.d, self.size, exclude_pairs=self.exclude)
         segments = [s for s in MODALITIES if s in modalities]
         k = 1 if len(segments) == 1 or self.rounds < 5 or self.d.random() < 0.5 else 2
         chosen = self.d.sample(segments, k)
@@ -590,8 +587,9 @@ class _MediaDialogue:
 
 
 def generate_media_dialogue(kind: str, draws: Draws, *, image_size: int = 64, rounds: int = 8,
-                            modalities=MODALITIES) -> tuple[list[dict], list[dict]]:
-    """(media, rounds) of one dialogue: media[i] = {"type", "round", "value": Scene | Beeps | Clip}."""
-    g = _MediaDialogue(draws, image_size, rounds)
+                            modalities=MODALITIES, exclude_pairs=None) -> tuple[list[dict], list[dict]]:
+    """(media, rounds) of one dialogue: media[i] = {"type", "round", "value": Scene | Beeps | Clip}.
+    exclude_pairs: (shape, colour) pairs no picture or clip shows (the held-out combos, heldout.py)."""
+    g = _MediaDialogue(draws, image_size, rounds, exclude_pairs)
     records = g.motion() if kind == "motion" else g.mixed(modalities)
     return g.media, records

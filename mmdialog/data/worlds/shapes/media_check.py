@@ -63,7 +63,7 @@ def check_media_record(record: dict) -> None:
             fail(i, f"answer {rd['answer']!r} should be {answer_of(p, values)!r}")
         if rd["scored"] != (op != "clip_caption"):
             fail(i, f"scored is {rd['scored']}")
-        family = "attribute" if op == "clip_attr" else family_of(op, p)
+        family = family_of(op)
         if rd["family"] != family:
             fail(i, f"family is {rd['family']!r}, should be {family!r}")
         pics = [k for k, m in enumerate(media) if m["type"] == "image" and m["round"] <= i]

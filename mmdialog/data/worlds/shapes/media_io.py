@@ -48,9 +48,10 @@ def parse_modalities(spec) -> tuple[str, ...]:
 
 
 def make_media_dialogue(seed: int, split: str, index: int, *, image_size: int = 64, rounds: int = 8,
-                        modalities=MODALITIES) -> tuple[dict, dict[str, bytes]]:
+                        modalities=MODALITIES, exclude_pairs=None) -> tuple[dict, dict[str, bytes]]:
     """One record and its media files {relative path: bytes}, in memory. Depends only on the arguments:
-    dialogue i of a split draws from numpy.random.default_rng([seed, SPLIT_IDS[split], i])."""
+    dialogue i of a split draws from numpy.random.default_rng([seed, SPLIT_IDS[split], i]).
+    exclude_pairs: (shape, colour) pairs no picture or clip shows (a world with the held-out combos)."""
     if split not in SPLIT_IDS:
         raise MMDialogError(f"unknown split {split!r}; media dialogues have {list(SPLIT_IDS)}")
     if not isinstance(rounds, int) or rounds < 3:
@@ -58,7 +59,8 @@ def make_media_dialogue(seed: int, split: str, index: int, *, image_size: int = 
     modalities = parse_modalities(modalities)
     draws = Draws(np.random.default_rng([seed, SPLIT_IDS[split], index]))
     kind = "motion" if "video" in modalities and draws.random() < P_MOTION else "mixed"
-    media, rds = generate_media_dialogue(kind, draws, image_size=image_size, rounds=rounds, modalities=modalities)
+    media, rds = generate_media_dialogue(kind, draws, image_size=image_size, rounds=rounds, modalities=modalities,
+                                         exclude_pairs=exclude_pairs)
     rid = f"media-{split}-{index:05d}"
     files, items = {}, []
     for k, m in enumerate(media):
@@ -118,7 +120,7 @@ class _Tally:
         total = sum(self.dist.values())
 
         def shares(c: Counter, keys) -> dict:
-            return {k: round(c[k] / max(total, 1), 4) for k in keys if c[k]}
+            return {k: round(c[k] / max(total, 1), 4) for k in keys}
 
         return {"questions": total, "kinds": dict(sorted(self.kind.items())), "media": dict(sorted(self.items.items())),
                 "by_distance": shares(self.dist, ("0", "1", "2", "3+")),
@@ -134,9 +136,9 @@ def summarize_media(records) -> dict:
 
 
 def generate_media(world_dir, *, counts: dict[str, int], seed: int, image_size: int = 64, rounds: int = 8,
-                   modalities=MODALITIES, progress: bool = True) -> dict:
+                   modalities=MODALITIES, exclude_pairs=None, progress: bool = True) -> dict:
     """Write WORLD/media/{split}.jsonl and the media files for `counts` ({split: dialogues}); returns the
-    section world.json holds under "media"."""
+    section world.json holds under "media". exclude_pairs: the held-out combos, kept out of every medium."""
     from tqdm import tqdm
 
     check_image_size(image_size)
@@ -157,7 +159,7 @@ def generate_media(world_dir, *, counts: dict[str, int], seed: int, image_size: 
             with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
                 for i in range(n):
                     record, files = make_media_dialogue(seed, split, i, image_size=image_size, rounds=rounds,
-                                                        modalities=modalities)
+                                                        modalities=modalities, exclude_pairs=exclude_pairs)
                     for rel, data in files.items():
                         p = out / rel
                         p.parent.mkdir(parents=True, exist_ok=True)

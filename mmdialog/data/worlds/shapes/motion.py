@@ -105,9 +105,10 @@ class Clip:
         return cls(int(d["size"]), movers, int(d["background"]), int(d.get("frames", CLIP_FRAMES)))
 
 
-def sample_clip(draws: Draws, image_size: int = 64) -> Clip:
+def sample_clip(draws: Draws, image_size: int = 64, *, exclude_pairs=None) -> Clip:
     """A random clip: 2-4 shapes of distinct colours on free start cells, each path inside the grid and
-    sharing no cell with another shape's path; at least one shape moves."""
+    sharing no cell with another shape's path; at least one shape moves. exclude_pairs: (shape, colour)
+    pairs no shape may have (its shape is drawn again; None draws exactly as without)."""
     check_image_size(image_size)
     n = MIN_SHAPES + draws.below(MAX_SHAPES - MIN_SHAPES + 1)
     colours = draws.sample(tuple(COLOURS), n)
@@ -115,6 +116,8 @@ def sample_clip(draws: Draws, image_size: int = 64) -> Clip:
     movers: list[Mover] = []
     for k, colour in enumerate(colours):
         shape, size = draws.choice(SHAPES), draws.choice(SIZES)
+        while exclude_pairs and (shape, colour) in exclude_pairs:
+            shape = draws.choice(SHAPES)
         still = k > 0 and draws.random() < P_STILL  # the first shape always moves
         for attempt in range(60):  # rejection: a start cell and a move whose path is free and inside the grid
             still = still or attempt >= 40  # crowded: a still shape always finds a free cell
