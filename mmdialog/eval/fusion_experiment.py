@@ -58,8 +58,8 @@ COLUMNS = {
 
 def fusion_config(base: FusionConfig, name: str) -> FusionConfig:
     """FusionConfig for `name`: the fields of `base` this fusion takes, defaults for the rest."""
+    import mmdialog.model  # noqa: F401  (imports the fusions, which registers them)
     from mmdialog.registry import FUSIONS as registry
-    import mmdialog.fusion  # noqa: F401  (registers the fusions)
 
     takes = set(inspect.signature(registry.get(name)).parameters)
     kept = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "name" and f.name in takes}
@@ -164,7 +164,8 @@ def summarise_fusions(results: dict[str, list[dict]], fusions) -> dict:
     for f in fusions:
         agg = aggregate(results[f])
         row = {c: {"mean": _get(agg["mean"], p), "std": _get(agg["std"], p)} for c, p in COLUMNS.items()}
-        row["effects"] = {c: effect(base, results[f], COLUMNS[c]) for c in ("accuracy", "d>=1")} if f != fusions[0] else {}
+        row["effects"] = {} if f == fusions[0] else \
+            {c: effect(base, results[f], COLUMNS[c]) for c in ("accuracy", "d>=1")}
         row["seeds"] = [m["seed"] for m in results[f]]
         table[f] = row
     return {"fusions": table, "baseline": fusions[0]}

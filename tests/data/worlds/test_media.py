@@ -13,7 +13,7 @@ import pytest
 from PIL import Image as PILImage
 
 from mmdialog.data.formats import Checks, DataFile
-from mmdialog.data.worlds.shapes import generate_world, load_split
+from mmdialog.data.worlds.shapes import generate_world
 from mmdialog.data.worlds.shapes.media_check import check_media_record
 from mmdialog.data.worlds.shapes.media_io import (
     load_media_split, make_media_dialogue, media_conversation, parse_modalities, summarize_media,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from mmdialog.data.worlds.shapes.beeps import Beeps, sample_beeps
+from mmdialog.data.worlds.shapes.beeps import sample_beeps
 from mmdialog.data.worlds.shapes.dialogue import COUNT_ATTRIBUTES, generate_dialogue, phrase, plural
 from mmdialog.data.worlds.shapes.motion import SPEED_WORDS, Clip, sample_clip
 from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, VALUES, Draws, Scene, sample_scene
@@ -318,7 +318,8 @@ class _MediaDialogue:
         if attr is not None:
             program["attr"] = attr
         learned = {"direction": ("direction",), "speed": ("speed",)}.get(op, (attr,))
-        return self._add(program, ref, needs, focus=(m, o), learned=(*learned, *(desc or {})), allow_repeat=allow_repeat)
+        return self._add(program, ref, needs, focus=(m, o), learned=(*learned, *(desc or {})),
+                         allow_repeat=allow_repeat)
 
     def t_direction(self, i: int) -> bool:
         m = self._clip()
@@ -546,7 +547,8 @@ class _MediaDialogue:
         base = generate_dialogue(scene, self.d, a)
         self._show("image", scene, 0)
         for rd in base:
-            rd = dict(rd, needs=[] if rd["depends_on"] is None else [rd["depends_on"]], media=[0] if rd["round"] == 0 else [])
+            needs = [] if rd["depends_on"] is None else [rd["depends_on"]]
+            rd = dict(rd, needs=needs, media=[0] if rd["round"] == 0 else [])
             self.records.append(rd)
             self.focus.append(None)
         openers = [a + 1]

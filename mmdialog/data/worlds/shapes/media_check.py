@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from mmdialog.data.worlds.shapes.check import check_record
 from mmdialog.data.worlds.shapes.media import (
-    CLIP_ATTRIBUTES, IMAGE_OPS, LEADS, ORDINALS, answer_of, family_of, question_text,
+    IMAGE_OPS, LEADS, ORDINALS, answer_of, family_of, question_text,
 )
 from mmdialog.data.worlds.shapes.media_io import media_values, validate_media_record
 from mmdialog.errors import MMDialogError
