@@ -122,6 +122,17 @@ class LoraConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Label-true augmentation of the world's dialogues, drawn anew each epoch (data/worlds/shapes/augment.py):
+    the probability that a draw is flipped left-right (and "left"/"right" swapped in its text), has its early
+    rounds cut, and has distractor rounds inserted."""
+
+    flip: float = 0.0
+    cut_history: float = 0.0
+    distractors: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 32  # conversations per optimizer step, over all processes and accumulation steps
     lr: float = 2e-3
@@ -147,6 +158,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # partial: parameter-name patterns (fnmatch) kept frozen, e.g. encoders.*
     stages: tuple[StageConfig, ...] = ()  # staged: run in order; the stages' steps add up to the run's steps
     lora: LoraConfig = field(default_factory=LoraConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss_turns: str = "all"  # all assistant turns | last (the last one only) | weighted (per-message weights from data)
     pack: bool = False  # pack the batch's conversations into as few rows as fit pack_length (attention isolated)
     pack_length: int = 0  # longest packed row; 0: the decoder's max_seq_len

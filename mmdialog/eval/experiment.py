@@ -40,8 +40,7 @@ from mmdialog.data.conversation import Conversation, Image
 from mmdialog.data.dataset import ConversationDataset
 from mmdialog.data.processor import IGNORE, Example, Processor
 from mmdialog.data.worlds.shapes import load_split
-from mmdialog.data.worlds.shapes.dialogue import COUNT_ATTRIBUTES, plural
-from mmdialog.data.worlds.shapes.scene import VALUES, Scene
+from mmdialog.data.worlds.shapes.augment import augment_rounds
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import WithPolicy, record_image
 from mmdialog.eval.lab import aggregate, own_history_rows, run_lab, teacher_forced_rows
@@ -62,35 +61,6 @@ def keep_only_turn(ex: Example, turn: int, assistant_id: int, end_id: int) -> Ex
     labels = torch.full((end + 1,), IGNORE, dtype=torch.long)
     labels[start:end + 1] = ex.input_ids[start:end + 1]
     return Example(ex.input_ids[: end + 1].clone(), labels, ex.images)
-
-
-def augment_rounds(record: dict, rng: random.Random, p_cut: float = 0.5, p_distract: float = 0.5) -> list[dict]:
-    """The record's rounds with early rounds cut and distractor rounds inserted (see the module docstring).
-    Each returned round has "train": False where the answer needs a round that was cut."""
-    rounds = [dict(rd, train=True) for rd in record["rounds"]]
-    n = len(rounds) - 1  # question rounds after the caption
-    if n >= 2 and rng.random() < p_cut:
-        k = rng.randint(1, max(1, n // 2))
-        cut = set(range(1, k + 1))
-        rounds = [rd for rd in rounds if rd["round"] not in cut]
-        trainable = {}
-        for rd in rounds:  # in order: a round is answerable if what it leans on is there and answerable
-            dep = rd["depends_on"]
-            rd["train"] = dep is None or (dep not in cut and trainable[dep])
-            trainable[rd["round"]] = rd["train"]
-    if rng.random() < p_distract:
-        scene = Scene.from_dict(record["scene"])
-        for _ in range(rng.randint(1, 2)):
-            # before a round that does not lean on the round before it (or at the end)
-            spots = [i for i in range(1, len(rounds) + 1) if i == len(rounds) or rounds[i]["distance"] != 1]
-            at = rng.choice(spots)
-            attrs = rng.sample(COUNT_ATTRIBUTES, rng.randint(1, 2))
-            base = rng.choice(scene.objects)
-            f = {a: base.get(a) if rng.random() < 0.7 else rng.choice(VALUES[a]) for a in attrs}
-            rounds.insert(at, {"round": -1, "question": f"How many {plural(f)} are there?",
-                               "answer": str(len(scene.matching(f))), "depends_on": None, "distance": 0,
-                               "train": True})
-    return rounds
 
 
 class LastTurnDataset(Dataset):

@@ -148,7 +148,16 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
     processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
-    if cfg.data.train_file:
+    aug = cfg.train.augment
+    if aug.flip or aug.cut_history or aug.distractors:
+        if cfg.data.train_file:
+            raise MMDialogError("train.augment needs the built-in world (its scenes keep the labels true); "
+                                "data.train_file is set")
+        from mmdialog.data.worlds.shapes.augment import AugmentedWorldDataset
+
+        dataset = AugmentedWorldDataset(train_records, world_dir, processor, flip=aug.flip,
+                                        cut_history=aug.cut_history, distractors=aug.distractors, seed=cfg.train.seed)
+    elif cfg.data.train_file:
         dataset = data.dataset(processor, modalities=model.encoders.keys(), progress=progress)
     else:
         convs = [record_to_conversation(r, world_dir) for r in train_records]
@@ -317,6 +326,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
             lr = schedule.lr()
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+            if hasattr(dataset, "set_epoch"):  # augmentation drawn anew each epoch, reproducibly
+                dataset.set_epoch(sampler.epoch)
             indices = sampler.next()
             batches = [_to(collate([dataset[i] for i in mb]), device) for mb in indices]
             weight = dist.all_reduce(torch.stack([target_weights(b["labels"], b.get("loss_weights")).sum()
