@@ -154,6 +154,7 @@ class TrainConfig:
     keep_last: int = 3  # resumable checkpoints kept (older ones are deleted)
     on_nan: str = "stop"  # stop | skip: a non-finite loss or gradient stops the run, or skips that batch
     num_threads: int = 0  # 0: torch's default
+    init_from: str = ""  # a checkpoint or export to start from (its weights and tokenizer; same model section)
     strategy: str = "full"  # full | partial | staged | lora
     freeze: tuple[str, ...] = ()  # partial: parameter-name patterns (fnmatch) kept frozen, e.g. encoders.*
     stages: tuple[StageConfig, ...] = ()  # staged: run in order; the stages' steps add up to the run's steps

@@ -134,19 +134,24 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
 def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenizer: ChatTokenizer | None = None):
     """The tokenizer, the model, and the processed training set: the records of cfg.data.train_file when
     set (invalid ones land in dataset.skipped with their line and reason), else the world's train split.
-    The tokenizer is the one given (a resumed run reuses its checkpoint's), else cfg.data.tokenizer when
-    set, else trained on the training text."""
+    The tokenizer is the one given (a resumed run reuses its checkpoint's), else train.init_from's, else
+    cfg.data.tokenizer when set, else trained on the training text. With train.init_from the model starts
+    from that checkpoint's weights (fine-tuning), which must have been built from the same model section."""
     if cfg.data.train_file:
         data = DataFile(cfg.data.train_file, cfg.data.format, media_root=cfg.data.media_root or None)
         texts = data.texts  # streamed: the file is read once for the tokenizer, once for the examples
     else:
         train_records = load_split(world_dir, "train")
         texts = lambda: world_texts(train_records) + ["Describe the picture."]  # noqa: E731
+    init = _init_from(cfg) if cfg.train.init_from else None
     if tokenizer is None:
-        tokenizer = ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
+        tokenizer = init.tokenizer if init else ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
             ChatTokenizer.train(texts(), cfg.tokenizer.vocab_size)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
+    if init is not None:
+        model = init.model.train()
+    else:
+        model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
     processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     aug = cfg.train.augment
     if aug.flip or aug.cut_history or aug.distractors:
@@ -163,6 +168,19 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
         convs = [record_to_conversation(r, world_dir) for r in train_records]
         dataset = ConversationDataset.build(convs, processor, desc="processing train", progress=progress)
     return tokenizer, model, processor, dataset
+
+
+def _init_from(cfg: Config):
+    from mmdialog.config import to_dict
+    from mmdialog.export import load_any
+
+    ck = load_any(cfg.train.init_from)
+    mine, theirs = to_dict(cfg.model), to_dict(ck.config.model)
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise MMDialogError(f"train.init_from={cfg.train.init_from}: it was built from another model section (model."
+                            f"{', model.'.join(diff)} differ); train with its model section (a checkpoint's config.yaml)")
+    return ck
 
 
 class Schedule:

@@ -227,3 +227,16 @@ def test_weights_come_from_openai_and_sharegpt_records(tmp_path):
     rec["messages"][1]["weight"] = -1
     with pytest.raises(RecordError, match=r"'messages'\[1\].weight should be a number >= 0"):
         openai.from_record(rec, MediaRoot(tmp_path))
+
+
+def test_fine_tuning_starts_from_a_checkpoint(tiny_world, tmp_path):
+    from mmdialog.train.trainer import prepare
+
+    base, tok, _, _ = run(smoke_config("train.max_steps=2"), tiny_world, tmp_path / "base")
+    cfg = smoke_config("train.max_steps=2", "train.strategy=lora", f"train.init_from={tmp_path / 'base' / 'checkpoint'}")
+    tokenizer, model, _, _ = prepare(cfg, tiny_world, progress=False)
+    assert tokenizer.tok.to_str() == tok.tok.to_str()
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(MMDialogError, match=r"another model section \(model.decoder differ\)"):
+        prepare(smoke_config(f"train.init_from={tmp_path / 'base' / 'checkpoint'}", "model.decoder.depth=1"),
+                tiny_world, progress=False)
