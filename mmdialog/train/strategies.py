@@ -6,7 +6,9 @@
              for its `steps` at its `lr` (e.g. the connector, then connector + decoder, then everything);
              the run lasts the stages' steps added up
     lora     low-rank adapters (peft) on the Linear layers matching train.lora.targets; the rest is frozen
-             except train.lora.also_train. merge_lora folds the adapters into the weights for deployment.
+             except train.lora.also_train. merge_lora folds the adapters into the weights for deployment;
+             the final checkpoint keeps the adapters too (adapters.safetensors, see save_adapters), which
+             `mmdialog export` writes in peft's format.
 
 Gradient checkpointing (enable_gradient_checkpointing) recomputes each decoder block in the backward pass.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -132,6 +135,42 @@ def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from peft.tuners.lora import LoraLayer
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+ADAPTERS = "adapters.safetensors"  # a checkpoint's unmerged LoRA adapters, beside its merged weights
+
+
+def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters as {f"{module}.lora_A.weight": (r, in), f"{module}.lora_B.weight": (out, r)}, module names
+    as named_modules gives them (each module once, under its first name), detached copies on the CPU."""
+    state = {}
+    for name, layer in lora_layers(model):
+        for kind in ("lora_A", "lora_B"):
+            state[f"{name}.{kind}.weight"] = getattr(layer, kind)["default"].weight.detach().cpu().clone()
+    return state
+
+
+def save_adapters(path: str | Path, state: dict[str, torch.Tensor], cfg: LoraConfig) -> None:
+    """Write lora_state() with r, alpha and dropout in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+              metadata={"format": "mmdialog-lora/1", "r": str(cfg.r), "alpha": str(cfg.alpha), "dropout": str(cfg.dropout)})
+
+
+def load_adapters(path: str | Path) -> tuple[dict[str, torch.Tensor], LoraConfig]:
+    """What save_adapters wrote: the tensors, and a LoraConfig with r, alpha, dropout and the adapted modules."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        cfg = LoraConfig(r=int(meta["r"]), alpha=float(meta["alpha"]), dropout=float(meta["dropout"]),
+                         targets=tuple(sorted({k.rsplit(".", 2)[0] for k in state})))
+    except Exception as e:
+        raise MMDialogError(f"cannot read the LoRA adapters {path}: {e}") from None
+    return state, cfg
 
 
 @torch.no_grad()

@@ -42,7 +42,8 @@ from mmdialog.train.checkpoint import (latest_training_checkpoint, load_training
                                        save_checkpoint, save_training_checkpoint, set_rng_state)
 from mmdialog.train.distributed import Dist
 from mmdialog.train.sampler import StepSampler
-from mmdialog.train.strategies import Plan, build_plan, enable_gradient_checkpointing, merge_lora
+from mmdialog.train.strategies import (ADAPTERS, Plan, build_plan, enable_gradient_checkpointing, lora_state, merge_lora,
+                                      save_adapters)
 
 MAX_CONSECUTIVE_SKIPS = 20  # train.on_nan=skip: this many non-finite batches in a row stop the run anyway
 
@@ -423,12 +424,15 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         save_resumable()  # the final state, so that --resume of a finished run has nothing left to do
     sync = _check_in_sync(model, dist)
     model.eval()
+    adapters = None
     if plan.adapters == "lora" and not stopped:
+        adapters = lora_state(model)  # kept beside the merged weights: `mmdialog export` writes them for peft
         merge_lora(model)  # deployment: plain weights, the names and shapes of the model without adapters
     if dist.is_main:
         final_meta = {**ckpt_meta, "adapters": plan.adapters if stopped else None, "step": schedule.step,
                       "tokens": tokens, **sync}
-        save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, final_meta)
+        save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, final_meta,
+                        extra=None if adapters is None else lambda tmp: save_adapters(tmp / ADAPTERS, adapters, tc.lora))
     dist.barrier()
     return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
                        losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches)
