@@ -74,6 +74,9 @@ class ChatTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "ChatTokenizer":
+        """tokenizer.json (+ chat_template.jinja) of a checkpoint or export, or a pretrained LM's directory
+        (data.tokenizer=/models/SmolLM2-360M-Instruct): its vocabulary, with mmdialog's special tokens added
+        where it lacks them (the decoder grows its embedding table to match)."""
         d = Path(directory)
         f = d / "tokenizer.json"
         if not f.is_file():
@@ -82,6 +85,12 @@ class ChatTokenizer:
             tok = Tokenizer.from_file(str(f))
         except Exception as e:
             raise MMDialogError(f"cannot read tokenizer {f}: {e}") from None
+        missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+        if missing:  # a pretrained LM's tokenizer: mmdialog's tokens go after its vocabulary, and its template
+            tok.add_special_tokens(missing)  # (which knows none of them) gives way to mmdialog's
+            tok.no_truncation()  # the processor decides lengths
+            tok.no_padding()
+            return cls(tok)
         t = d / "chat_template.jinja"
         return cls(tok, t.read_text() if t.is_file() else CHAT_TEMPLATE)
 
