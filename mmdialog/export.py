@@ -7,12 +7,29 @@
     DIR/model.safetensors.index.json       {"metadata": {"total_size": bytes}, "weight_map": {name: shard}}
     DIR/tokenizer.json, tokenizer_config.json, chat_template.jinja
 
+With a Hugging Face decoder (model.decoder.name=hf) its part also stands alone, for plain transformers and peft:
+
+    DIR/decoder/         the decoder as trained (adapters merged): config.json, model.safetensors (sharded the
+                         same way), generation_config.json, the tokenizer files and chat template;
+                         AutoModelForCausalLM.from_pretrained(DIR/decoder) gives the logits mmdialog's decoder
+                         gives for text (token ids from AutoTokenizer.from_pretrained(DIR/decoder))
+    DIR/decoder-lora/    when the checkpoint holds LoRA adapters on the decoder (train.strategy=lora):
+                         adapter_config.json + adapter_model.safetensors in peft's format, for
+    DIR/decoder-base/    the decoder without them (same files as decoder/), so that
+                         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DIR/decoder-base),
+                         DIR/decoder-lora) equals DIR/decoder up to rounding
+
+chat_template.jinja renders mmdialog's turns and Hugging Face / OpenAI `messages` alike (content a string
+or a list of parts; an image part becomes one <|image|> placeholder), so tokenizer.apply_chat_template
+gives the processor's text.
+
 Tied weights (the decoder's embedding and LM head) are stored once and listed in config.json's
 `tied_weights`. `load_any` takes an export or a checkpoint (`mmdialog eval`, `chat`, `serve` and `data check` use it).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -26,15 +43,37 @@ from safetensors.torch import save_file
 from mmdialog import __version__
 from mmdialog.config import config_from_dict, to_dict
 from mmdialog.data.processor import Processor
-from mmdialog.data.tokenizer import BOS, END, PAD, SPECIAL_TOKENS, ChatTokenizer
+from mmdialog.data.tokenizer import BOS, CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS, ChatTokenizer
 from mmdialog.errors import MMDialogError
 from mmdialog.model import build_model
 from mmdialog.train.checkpoint import Loaded, load_checkpoint
+from mmdialog.train.strategies import ADAPTERS, load_adapters
 
 FORMAT = "mmdialog-export/1"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 DEFAULT_SHARD = "5GB"
+DECODER, DECODER_BASE, DECODER_LORA = "decoder", "decoder-base", "decoder-lora"
+
+# mmdialog's chat template (data/tokenizer.py) made to read Hugging Face / OpenAI messages too: it renders
+# `turns` (role, parts) exactly as CHAT_TEMPLATE does, and `messages` (role, content: a string or a list of
+# {"type": "text", "text"} / {"type": "image" | "image_url" | "audio" | "input_audio" | "video", ...}).
+HF_CHAT_TEMPLATE = (
+    "{%- for m in (messages if messages is defined else turns) -%}"
+    "<|{{ m.role }}|>"
+    "{%- set content = m.parts if m.parts is defined else m.content -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part.type == 'text' -%}{{ part.text }}"
+    "{%- elif part.type in ('image', 'image_url') -%}<|image|>"
+    "{%- elif part.type in ('audio', 'input_audio') -%}<|audio|>"
+    "{%- elif part.type == 'video' -%}<|video|>"
+    "{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "<|end|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt is defined and add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -85,7 +124,20 @@ def tokenizer_config(tokenizer: ChatTokenizer, max_length: int) -> dict:
     """tokenizer_config.json: enough for transformers' PreTrainedTokenizerFast to read tokenizer.json."""
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": END, "pad_token": PAD,
             "additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in (BOS, END, PAD)],
-            "model_max_length": max_length, "clean_up_tokenization_spaces": False}
+            "model_max_length": max_length, "clean_up_tokenization_spaces": False,
+            "chat_template": chat_template(tokenizer)}
+
+
+def chat_template(tokenizer: ChatTokenizer) -> str:
+    """The template an export carries: HF_CHAT_TEMPLATE for mmdialog's own, else the tokenizer's."""
+    return HF_CHAT_TEMPLATE if tokenizer.chat_template in (CHAT_TEMPLATE, HF_CHAT_TEMPLATE) else tokenizer.chat_template
+
+
+def write_tokenizer(tokenizer: ChatTokenizer, d: Path, max_length: int) -> None:
+    """tokenizer.json, tokenizer_config.json and chat_template.jinja."""
+    tokenizer.tok.save(str(d / "tokenizer.json"))
+    (d / "chat_template.jinja").write_text(chat_template(tokenizer))
+    (d / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tokenizer, max_length), indent=2) + "\n")
 
 
 def export(checkpoint: str | Path, out: str | Path, max_shard_size: str | int = DEFAULT_SHARD) -> dict:
@@ -123,22 +175,111 @@ def export(checkpoint: str | Path, out: str | Path, max_shard_size: str | int = 
         "meta": {k: v for k, v in ck.meta.items() if k not in ("format", "vocab_size", "placeholder_ids")},
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    ck.tokenizer.save(tmp)  # tokenizer.json and chat_template.jinja
-    (tmp / "tokenizer_config.json").write_text(
-        json.dumps(tokenizer_config(ck.tokenizer, ck.config.model.decoder.max_seq_len), indent=2) + "\n")
+    write_tokenizer(ck.tokenizer, tmp, ck.config.model.decoder.max_seq_len)
+    parts = {}
+    if is_hf_decoder(ck.model.decoder):
+        parts = export_hf_decoder(ck, checkpoint, tmp, max_bytes, final_dir=target.resolve())
     umask = os.umask(0)
     os.umask(umask)
-    for f in tmp.iterdir():  # safetensors writes 0600; an export is meant to be shared. Durable before visible.
-        os.chmod(f, 0o666 & ~umask)
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in [tmp, *tmp.rglob("*")]:  # safetensors writes 0600; an export is meant to be shared. Durable before visible.
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.rename(target, old)
     os.rename(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return {"out": str(target), "files": sorted(p.name for p in target.iterdir()), "shards": n,
-            "tensors": len(tensors), "tied": len(tied), "bytes": total}
+            "tensors": len(tensors), "tied": len(tied), "bytes": total, **parts}
+
+
+# ----------------------------------------------------------------------------- the decoder for transformers / peft
+
+def is_hf_decoder(decoder: torch.nn.Module) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(getattr(decoder, "lm", None), PreTrainedModel)
+
+
+def export_hf_decoder(ck: Loaded, source: str | Path, tmp: Path, max_bytes: int, final_dir: Path) -> dict:
+    """Write tmp/decoder (and, with LoRA adapters on the decoder, tmp/decoder-base + tmp/decoder-lora)."""
+    lm = ck.model.decoder.lm
+    max_length = ck.config.model.decoder.max_seq_len
+    save_hf_lm(lm, tmp / DECODER, ck.tokenizer, max_bytes, max_length)
+    found = checkpoint_adapters(ck, Path(source))
+    if found is None:
+        return {"decoder": DECODER}
+    state, lora = found
+    prefix = "decoder.lm."
+    modules = sorted({k.rsplit(".", 2)[0] for k in state})
+    mine = [m for m in modules if m.startswith(prefix)]
+    out = {"decoder": DECODER, "lora_elsewhere": [m for m in modules if not m.startswith(prefix)]}
+    if not mine:
+        return out
+    # The base: each adapted weight without its adapter, W = W_merged - (alpha / r) * B @ A (in float64).
+    base = copy.deepcopy(lm)
+    scale = lora.alpha / lora.r
+    with torch.no_grad():
+        for m in mine:
+            w = base.get_submodule(m[len(prefix):]).weight
+            delta = scale * (state[f"{m}.lora_B.weight"].double() @ state[f"{m}.lora_A.weight"].double())
+            w.copy_((w.double() - delta.to(w.device)).to(w.dtype))
+    save_hf_lm(base, tmp / DECODER_BASE, ck.tokenizer, max_bytes, max_length)
+    del base
+    save_peft_adapter(tmp / DECODER_LORA, {m[len(prefix):]: (state[f"{m}.lora_A.weight"], state[f"{m}.lora_B.weight"])
+                                           for m in mine}, lora, base_path=final_dir / DECODER_BASE)
+    return {**out, "decoder_base": DECODER_BASE, "decoder_lora": DECODER_LORA, "lora_modules": len(mine)}
+
+
+def save_hf_lm(lm, d: Path, tokenizer: ChatTokenizer, max_bytes: int, max_length: int) -> None:
+    """save_pretrained with mmdialog's tokenizer beside it; bos/eos/pad are mmdialog's tokens, so generate()
+    stops at the end of a turn (<|end|>)."""
+    ids = {"bos_token_id": tokenizer.tok.token_to_id(BOS), "eos_token_id": tokenizer.end_id,
+           "pad_token_id": tokenizer.pad_id}
+    for cfg in (lm.config, getattr(lm, "generation_config", None)):
+        if cfg is not None:
+            for k, v in ids.items():
+                setattr(cfg, k, v)
+    lm.save_pretrained(str(d), max_shard_size=max_bytes)
+    write_tokenizer(tokenizer, d, max_length)
+
+
+def save_peft_adapter(d: Path, adapters: dict[str, tuple[torch.Tensor, torch.Tensor]], lora, base_path: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors as peft's save_pretrained writes them for a causal LM:
+    adapters maps a module name inside the LM (model.layers.0.self_attn.q_proj) to its (A (r, in), B (out, r))."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    d.mkdir(parents=True)
+    PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=sorted(adapters),
+                   bias="none", task_type="CAUSAL_LM", base_model_name_or_path=str(base_path)).save_pretrained(str(d))
+    tensors = {}
+    for name, (a, b) in adapters.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+    save_file(tensors, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def checkpoint_adapters(ck: Loaded, source: Path):
+    """(lora_state, LoraConfig) of a checkpoint's LoRA adapters, or None: the final checkpoint of a LoRA run
+    keeps them in adapters.safetensors; one written mid-run (or stopped) holds them unmerged in its weights."""
+    if (source / ADAPTERS).is_file():
+        return load_adapters(source / ADAPTERS)
+    try:
+        meta = json.loads((source / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("adapters") != "lora":
+        return None
+    from safetensors.torch import load_model
+
+    from mmdialog.train.strategies import inject_lora, lora_state
+
+    model = build_model(ck.config.model, vocab_size=ck.tokenizer.vocab_size, placeholder_ids=dict(ck.tokenizer.media_ids))
+    inject_lora(model, ck.config.train.lora)
+    load_model(model, str(source / "model.safetensors"), strict=False)
+    return lora_state(model), ck.config.train.lora
 
 
 def _replaceable(d: Path) -> bool:
@@ -174,6 +315,8 @@ def load_export(directory: str | Path, device: str = "cpu") -> Loaded:
             raise MMDialogError(f"{d / 'config.json'} lacks field {key!r}")
     cfg = config_from_dict(config["mmdialog"], where=f"{d / 'config.json'} field 'mmdialog'")
     tokenizer = ChatTokenizer.load(d)
+    if tokenizer.chat_template == HF_CHAT_TEMPLATE:  # mmdialog's own, as export wrote it for transformers too
+        tokenizer = ChatTokenizer(tokenizer.tok, CHAT_TEMPLATE)
     if tokenizer.vocab_size != config["vocab_size"]:
         raise MMDialogError(f"{d}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json says "
                             f"{config['vocab_size']}")
