@@ -11,12 +11,13 @@ from pathlib import Path
 from mmdialog.errors import MMDialogError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+PRETRAIN_CONFIG = DEMO_CONFIG.parent / "pretrain.yaml"
 
 
-def _config(args):
+def _config(args, default: Path = DEMO_CONFIG):
     from mmdialog.config import load_config
 
-    path = args.config or (DEMO_CONFIG if DEMO_CONFIG.is_file() else None)
+    path = args.config or (default if default.is_file() else None)
     return load_config(path, args.overrides)
 
 
@@ -72,6 +73,32 @@ def cmd_train(args) -> int:
     print(f"trained {result.steps} steps in {result.wall_seconds:.0f}s, final loss {result.final_loss:.4f}; "
           f"checkpoint: {out / 'checkpoint'}")
     _report_skipped(dataset.skipped, out / "skipped.jsonl")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from mmdialog.pretrain.run import run_pretrain, summary_line
+    from mmdialog.train.distributed import destroy_distributed, init_distributed
+    from mmdialog.train.trainer import resolve_device
+
+    cfg = _config(args, default=PRETRAIN_CONFIG)
+    dist = init_distributed(resolve_device(cfg.train.device).type)
+    try:
+        m = run_pretrain(cfg, Path(args.out), resume=args.resume, dist=dist, progress=dist.is_main,
+                         log=print if dist.is_main else (lambda *a, **k: None))
+    finally:
+        destroy_distributed()
+    if not dist.is_main:
+        return 0
+    t = m["train"]
+    if t["stopped"]:
+        print(f"stopped by {t['stopped']} at step {t['steps']}; continue with: mmdialog pretrain ... --resume")
+        return 143
+    print(f"pretrained {t['steps']} steps in {t['wall_seconds']:.0f}s, final loss {t['final_loss']:.4f}; "
+          f"checkpoint: {Path(args.out) / 'checkpoint'} (fine-tune it with train.init_from=...)")
+    if "eval" in m:
+        print("held-out " + summary_line(m["eval"]))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and plots.png")
     return 0
 
 
@@ -278,6 +305,33 @@ def build_parser() -> argparse.ArgumentParser:
                          "states, data position); starts afresh when there is none")
     with_config(sp)
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("pretrain", help="pretrain on (media, caption[, question, answer]) pairs with a weighted "
+                                         "mixture of objectives; fine-tune the result with train.init_from",
+                        description="Pretrain the model of the config's model section on paired data with the "
+                                    "weighted sum of the objectives in pretrain.objectives: contrastive (InfoNCE "
+                                    "between mean-pooled media and text embeddings, learnable temperature, gathered "
+                                    "across processes under torchrun), matching (does this caption fit this media? "
+                                    "hard negatives from the contrastive similarities), masked (masked caption tokens "
+                                    "predicted from the media and the rest), captioning (next-token loss on the "
+                                    "caption), qa (next-token loss on answers; pretrain.qa_head=true adds a "
+                                    "classification head over the closed answer set). Pairs come from the built-in "
+                                    "world (the world section; captions from the scene metadata) or from "
+                                    "pretrain.pairs_file, JSONL of {\"image\": PATH, \"text\": CAPTION} with optional "
+                                    "\"question\" and \"answer\" (\"audio\"/\"video\" instead of \"image\"); bad "
+                                    "records are skipped and listed. Training is mmdialog train's: train.* keys, "
+                                    "progress bar, OUT/train_log.jsonl (with each objective's loss), resumable "
+                                    "checkpoints (train.save_every, --resume), torchrun. Writes OUT/checkpoint (the "
+                                    "model alone: mmdialog train ... train.init_from=OUT/checkpoint fine-tunes it), "
+                                    "OUT/pretrain_heads.*, and OUT/metrics.json + plots.png on held-out pairs "
+                                    "(retrieval R@1/5/10 both ways, captioning BLEU-4 and CIDEr-D, QA accuracy).")
+    sp.add_argument("--out", default="runs/pretrain", help="output directory (default: runs/pretrain)")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue from the latest checkpoint in OUT/checkpoints/ (needs train.save_every)")
+    sp.add_argument("--config", help="YAML config (default: configs/pretrain.yaml)")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides such as pretrain.objectives.masked=0 or train.max_steps=100")
+    sp.set_defaults(func=cmd_pretrain)
 
     sp = sub.add_parser("eval", help="multi-turn evaluation lab: accuracy by distance, gold vs own history, "
                                      "ablations, ranking, held-out splits",

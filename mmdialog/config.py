@@ -172,6 +172,35 @@ class EvalConfig:
     max_new_tokens: int = 8
 
 
+def _default_objectives() -> dict[str, float]:
+    return {"contrastive": 1.0, "matching": 0.5, "masked": 0.5, "captioning": 1.0, "qa": 1.0}
+
+
+@dataclass
+class PretrainConfig:
+    """`mmdialog pretrain`: a weighted mixture of objectives on paired data (mmdialog/pretrain/, objectives/).
+
+    The loss of a step is sum(weight * objective) over `objectives` (a weight of 0 or a missing name: off).
+    Pairs come from `pairs_file` (JSONL {"image": path, "text": caption}, optionally "question"/"answer"),
+    else from the world of the `world` section (its train split; its val split is held out for evaluation).
+    """
+
+    objectives: dict[str, float] = field(default_factory=_default_objectives)  # contrastive matching masked captioning qa
+    pairs_file: str = ""  # JSONL of {"image"|"audio"|"video": path, "text": caption[, "question", "answer"]}
+    eval_file: str = ""  # the same format, held out for evaluation; empty: the world's val split (or none)
+    media_root: str = ""  # media paths in pairs_file are relative to it; empty: the file's directory
+    world_captions: str = "scene"  # world pairs: scene (every object, from the scene metadata) | round (round 0)
+    text_tower: str = "decoder"  # text embeddings: decoder (its state at the text's last token) | bert
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "bert", "dim": 128, "depth": 2, "heads": 4})
+    embed_dim: int = 64  # the shared media-text space of contrastive learning
+    temperature: float = 0.07  # initial InfoNCE temperature; learned (kept within [0.01, 1])
+    hard_negatives: str = "hardest"  # matching negatives: hardest (most similar non-match) | sample (softmax of sims)
+    mask_prob: float = 0.15  # masked LM: share of caption tokens masked
+    qa_head: bool = False  # also train a classification head over the closed set of training answers
+    eval_pairs: int = 200  # held-out pairs for retrieval, captioning and QA metrics (0: skip the evaluation)
+    max_caption_tokens: int = 64  # longest generated caption in the evaluation
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -180,6 +209,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------

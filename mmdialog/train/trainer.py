@@ -254,10 +254,16 @@ def _batch_ids(dataset, indices: list[list[int]]) -> str:
 
 def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
           progress: bool = True, log=print, meta: dict | None = None, resume: bool = False,
-          dist: Dist | None = None) -> TrainResult:
+          dist: Dist | None = None, objective: torch.nn.Module | None = None, collate=None) -> TrainResult:
     """Train `model` in place on `dataset` (any map-style dataset of Examples) and write OUT/checkpoint (the
     final model: adapters merged, ready for chat/eval/export), OUT/train_log.jsonl and, with train.save_every,
-    resumable checkpoints in OUT/checkpoints/. Under torchrun pass the Dist of init_distributed()."""
+    resumable checkpoints in OUT/checkpoints/. Under torchrun pass the Dist of init_distributed().
+
+    objective, collate: another objective around the same model and the collator its dataset's items need
+    (pretraining: mmdialog/pretrain). The objective maps a batch to (sum of losses, weight) like
+    NextTokenObjective, and has batch_weight(batch), a micro-batch's weight known before the forward pass;
+    a dict attribute `last_terms` (floats) is added to each train_log.jsonl record. Its own parameters must
+    be reachable from `model` (to be optimised and saved). Default: next-token loss on assistant replies."""
     tc = cfg.train
     dist = dist or Dist()
     out_dir = Path(out_dir)
@@ -273,8 +279,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     precision = resolve_precision(tc.precision, device.type)  # once: it reads /proc/cpuinfo
     sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank, world_size=dist.world_size,
                           micro=tc.grad_accum)
-    collate = Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or model.decoder.max_seq_len,
-                       loss_turns=tc.loss_turns)
+    collate = collate or Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or
+                                 model.decoder.max_seq_len, loss_turns=tc.loss_turns)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -306,7 +312,9 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         f"(train.precision={tc.precision}); device: {device}"
         + (f"; {dist.world_size} processes" if dist.enabled else ""))
 
-    objective = NextTokenObjective(model)
+    objective = objective if objective is not None else NextTokenObjective(model)
+    batch_weight = getattr(objective, "batch_weight", None) or (
+        lambda b: target_weights(b["labels"], b.get("loss_weights")).sum())
     ddp, stage = None, None
     log_file = _open_log(out_dir / "train_log.jsonl", resumed_from) if dist.is_main else None
     t0 = time.perf_counter() - schedule.elapsed
@@ -349,8 +357,7 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
                 dataset.set_epoch(sampler.epoch)
             indices = sampler.next()
             batches = [_to(collate([dataset[i] for i in mb]), device) for mb in indices]
-            weight = dist.all_reduce(torch.stack([target_weights(b["labels"], b.get("loss_weights")).sum()
-                                                  for b in batches]).sum().double().reshape(1))
+            weight = dist.all_reduce(torch.stack([batch_weight(b) for b in batches]).sum().double().reshape(1))
             norm = float(weight) / dist.world_size  # backward of sum / norm: DDP's mean over processes sums them
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for i, b in enumerate(batches):
@@ -399,7 +406,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
             step = schedule.step
             if (step % tc.log_every == 0 or step == 1) and dist.is_main:
                 rec = {"step": step, "loss": loss, "loss_ema": ema, "lr": lr, "grad_norm": float(gnorm),
-                       "tokens": tokens, "elapsed": schedule.elapsed, "tokens_per_second": tokens / schedule.elapsed}
+                       "tokens": tokens, "elapsed": schedule.elapsed, "tokens_per_second": tokens / schedule.elapsed,
+                       **getattr(objective, "last_terms", {})}
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
                 losses.append((step, loss))
