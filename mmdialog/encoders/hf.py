@@ -37,7 +37,14 @@ def check_backbone_dir(path: str | Path, what: str) -> Path:
 
 
 def from_pretrained(cls, path: str | Path, what: str, **kwargs):
+    """cls.from_pretrained on a local directory, in float32 whatever the files hold (SmolLM2 and Qwen2.5 ship
+    bf16; transformers 5 would keep that): the weights and AdamW's state stay fp32 and train.precision=bf16
+    autocasts the matmuls, so small updates are not rounded away."""
+    import transformers
+
     d = check_backbone_dir(path, what)
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    kwargs.setdefault("dtype" if (major, minor) >= (4, 56) else "torch_dtype", torch.float32)
     try:
         return cls.from_pretrained(str(d), local_files_only=True, use_safetensors=True, **kwargs)
     except (OSError, ValueError, KeyError) as e:

@@ -4,7 +4,9 @@
     partial  parameters matching train.freeze (fnmatch patterns over names, e.g. "encoders.*") stay frozen
     staged   train.stages run in order, each training the parameters matching its `trainable` patterns
              for its `steps` at its `lr` (e.g. the connector, then connector + decoder, then everything);
-             the run lasts the stages' steps added up
+             the run lasts the stages' steps added up. A stage whose patterns name LoRA parameters
+             ("*.lora_*") gets adapters on train.lora.targets, as strategy lora does (the connector, then
+             connector + adapters); they start as a no-op, and are merged and kept as lora does at the end
     lora     low-rank adapters (peft) on the Linear layers matching train.lora.targets; the rest is frozen
              except train.lora.also_train. merge_lora folds the adapters into the weights for deployment;
              the final checkpoint keeps the adapters too (adapters.safetensors, see save_adapters), which
@@ -100,13 +102,17 @@ def build_plan(model: nn.Module, tc: TrainConfig) -> Plan:
     if tc.strategy == "staged":
         if not tc.stages:
             raise MMDialogError("train.strategy=staged needs train.stages: a list of {trainable: [patterns], steps: N, lr: X}")
+        adapters = None
+        if any("lora_" in p for s in tc.stages for p in s.trainable):  # a stage trains adapters: inject them
+            inject_lora(model, tc.lora)
+            names, adapters = [n for n, _ in model.named_parameters()], "lora"
         stages = []
         for i, s in enumerate(tc.stages):
             if s.steps <= 0:
                 raise MMDialogError(f"train.stages[{i}].steps must be positive, got {s.steps}")
             stages.append(Stage(matching(names, s.trainable or ("*",), f"train.stages[{i}].trainable"), s.steps,
                                 s.lr or tc.lr))
-        return Plan(stages)
+        return Plan(stages, adapters=adapters)
     inject_lora(model, tc.lora)
     names = [n for n, _ in model.named_parameters()]
     trainable = {n for n in names if ".lora_" in n}
