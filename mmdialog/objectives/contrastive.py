@@ -41,7 +41,7 @@ class LogitScale(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(1.0 / self())
+        return float(1.0 / self().detach())
 
 
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
