@@ -5,7 +5,10 @@ import pytest
 from mmdialog.config import Config, load_config, save_config
 from mmdialog.errors import MMDialogError
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+# configs/recipes/ name real backbones in local directories: tests/integration/test_recipe.py builds and trains them
+# with tiny ones saved in their place
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "recipes" not in p.relative_to(ROOT / "configs").parts)
 
 
 def test_there_are_shipped_configs():
