@@ -172,6 +172,7 @@ def export(checkpoint: str | Path, out: str | Path, max_shard_size: str | int = 
         "mmdialog_version": __version__, "torch_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
         "vocab_size": ck.tokenizer.vocab_size, "placeholder_ids": ck.model.placeholder_ids, "tied_weights": tied,
         "mmdialog": to_dict(ck.config),
+        **({"portable_model": portable} if (portable := portable_model(ck)) else {}),
         "meta": {k: v for k, v in ck.meta.items() if k not in ("format", "vocab_size", "placeholder_ids")},
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -193,6 +194,41 @@ def export(checkpoint: str | Path, out: str | Path, max_shard_size: str | int = 
     shutil.rmtree(old, ignore_errors=True)
     return {"out": str(target), "files": sorted(p.name for p in target.iterdir()), "shards": n,
             "tensors": len(tensors), "tied": len(tied), "bytes": total, **parts}
+
+
+# ----------------------------------------------------------------------------- backbones without their directories
+
+_NOT_ARCHITECTURE = ("dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path", "auto_map",
+                     "_attn_implementation_autoset")
+
+
+def hf_fields(hf_config) -> dict:
+    """A transformers config as the hf_config of a model section: every architecture field, not the dtype (the
+    export's tensors set it) nor where it came from."""
+    fields = {k: v for k, v in hf_config.to_dict().items() if k not in _NOT_ARCHITECTURE}
+    return json.loads(json.dumps(fields))  # plain JSON values
+
+
+def portable_model(ck: Loaded) -> dict | None:
+    """The model section with every backbone loaded from a directory (decoder hf, encoders hf_vision / hf_whisper
+    with a path) described by its config instead, so that the export loads where those directories do not exist;
+    None when no part has a path. The tensors come from the export either way."""
+    model = to_dict(ck.config.model)
+    changed = False
+    dec = model["decoder"]
+    if dec.get("name") == "hf" and dec.get("path"):
+        dec["path"], dec["hf_config"] = "", hf_fields(ck.model.decoder.lm.config)
+        changed = True
+    for modality, spec in model.get("encoders", {}).items():
+        if not (isinstance(spec, dict) and spec.get("path") and spec.get("name") in ("hf_vision", "hf_whisper")):
+            continue
+        enc = ck.model.encoders[modality]
+        spec.pop("path")
+        spec["hf_config"] = hf_fields(enc.model.config)
+        if spec["name"] == "hf_vision":
+            spec["image_mean"], spec["image_std"] = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
+        changed = True
+    return model if changed else None
 
 
 # ----------------------------------------------------------------------------- the decoder for transformers / peft
@@ -320,7 +356,11 @@ def load_export(directory: str | Path, device: str = "cpu") -> Loaded:
     if tokenizer.vocab_size != config["vocab_size"]:
         raise MMDialogError(f"{d}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json says "
                             f"{config['vocab_size']}")
-    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
+    model_cfg = cfg.model
+    if "portable_model" in config:  # backbones rebuilt from their configs: their directories need not exist here
+        model_cfg = config_from_dict({**config["mmdialog"], "model": config["portable_model"]},
+                                     where=f"{d / 'config.json'} field 'portable_model'").model
+    model = build_model(model_cfg, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
     state = read_weights(d)
     for alias, source in config["tied_weights"].items():
         if source not in state:

@@ -162,12 +162,14 @@ class HFVisionEncoder(nn.Module):
     one) or built from hf_config ({model_type: siglip_vision_model | clip_vision_model, ...}).
 
     Takes mmdialog's (N, 3, S, S) pixels in [-1, 1] and re-normalises them to the tower's mean and std
-    (preprocessor_config.json when the directory has one, else SigLIP's 0.5/0.5 or CLIP's). Gives one token
+    (image_mean / image_std when given, else preprocessor_config.json when the directory has one, else SigLIP's
+    0.5/0.5 or CLIP's). Gives one token
     per patch: CLIP's CLS token is dropped (as LLaVA does). layer: which hidden state (-1: the last; LLaVA
     takes -2).
     """
 
-    def __init__(self, *, path: str = "", hf_config: dict[str, Any] | None = None, layer: int = -1):
+    def __init__(self, *, path: str = "", hf_config: dict[str, Any] | None = None, layer: int = -1,
+                 image_mean: tuple[float, ...] = (), image_std: tuple[float, ...] = ()):
         super().__init__()
         import transformers
 
@@ -197,6 +199,7 @@ class HFVisionEncoder(nn.Module):
         if pre is not None and pre.is_file():
             p = json.loads(pre.read_text())
             mean, std = p.get("image_mean", mean), p.get("image_std", std)
+        mean, std = image_mean or mean, image_std or std  # given: an export rebuilding the tower without its directory
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 

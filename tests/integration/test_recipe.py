@@ -5,6 +5,7 @@ sizes and step counts are overridden: the stages, strategy, precision and gradie
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 from safetensors import safe_open
 
 from mmdialog.cli import main
+from mmdialog.data.conversation import Conversation
 from mmdialog.export import load_any
+from tests.conftest import random_image
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "configs" / "recipes"
@@ -69,8 +72,6 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def text_logits(ck, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from mmdialog.data.conversation import Conversation
-
     ex = ck.processor(Conversation().add("user", text), add_generation_prompt=True)
     with torch.no_grad():
         return ex.input_ids, ck.model(input_ids=ex.input_ids[None], return_logits=True).logits[0]
@@ -104,6 +105,19 @@ def test_siglip_smollm2_recipe_trains_in_two_stages_and_exports(tmp_path, capsys
     ids, expected = text_logits(ck, "How many red things are there?")
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids[None]).logits[0], expected, atol=1e-5, rtol=1e-5)
+
+    # the export travels: it loads (bit for bit, the same logits for a picture) where the backbones' directories
+    # do not exist, and keeps the recipe's model section for train.init_from
+    shutil.rmtree(tmp_path / "models")
+    back = load_any(tmp_path / "export")
+    assert back.config == ck.config and back.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in back.model.state_dict().items())
+    conv = Conversation().add("user", random_image(3), "How many red things are there?")
+    for a in (ck, back):
+        ex = a.processor(conv, add_generation_prompt=True)
+        with torch.no_grad():
+            a.logits = a.model(input_ids=ex.input_ids[None], images=ex.images, return_logits=True).logits
+    assert torch.equal(ck.logits, back.logits)
 
 
 def test_qwen_recipe_trains_lora_in_stage_2_and_exports_the_adapter(tmp_path, capsys):
