@@ -155,7 +155,7 @@ class PretrainObjective(nn.Module):
                 logs["temperature"] = float(1 / scale.detach())
                 # the trainer counts n pairs here; the loss is over all len(all_media) of the global batch
                 total = total + w["contrastive"] * global_share(loss, n, len(all_media))
-                logs["contrastive"] = float(loss)
+                logs["contrastive"] = float(loss.detach())
 
         if "matching" in w:
             if n < 2:
@@ -186,7 +186,7 @@ class PretrainObjective(nn.Module):
 
         for name, loss in terms.items():
             total = total + w[name] * n * loss
-            logs[name] = float(loss)
+            logs[name] = float(loss.detach())
         self.last_terms = logs
         return total, torch.tensor(float(n), device=ids.device)
 
@@ -206,6 +206,6 @@ class PretrainObjective(nn.Module):
             first = sup.float().argmax(1)  # (Q,) the position that predicts the answer's first token
             logits = head(hidden[torch.arange(len(ids), device=ids.device), first])
             head_loss, acc = answer_class_loss(logits, b["qa_class"])
-            logs["qa_generated"], logs["qa_head"], logs["qa_head_acc"] = float(loss), float(head_loss), float(acc)
+            logs["qa_generated"], logs["qa_head"], logs["qa_head_acc"] = float(loss.detach()), float(head_loss.detach()), float(acc)
             loss = loss + head_loss
         return loss
