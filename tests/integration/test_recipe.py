@@ -183,3 +183,16 @@ def test_every_recipe_names_its_backbones_and_fails_clearly_without_them(recipe)
         build_model(cfg.model, vocab_size=100, placeholder_ids={"image": 1})
     with pytest.raises(MMDialogError, match=f"no tokenizer.json in {cfg.data.tokenizer}"):
         ChatTokenizer.load(cfg.data.tokenizer)
+
+
+def test_the_recipe_benchmark_runs_tiny_on_cpu(tmp_path, monkeypatch):
+    import runpy
+
+    for recipe in ("siglip_qwen2.5_0.5b.yaml",):  # its stage 2 injects adapters: the longer path
+        out = tmp_path / f"{recipe}.json"
+        monkeypatch.setattr(sys, "argv", ["recipe_step.py", "--tiny", "--steps", "1", "--recipe", str(RECIPES / recipe),
+                                          "--json", str(out), "train.precision=fp32"])
+        runpy.run_path(str(ROOT / "benchmarks" / "recipe_step.py"), run_name="__main__")
+        r = json.loads(out.read_text())
+        assert [s["stage"] for s in r["stages"]] == [1, 2] and all(s["tokens_per_s"] > 0 for s in r["stages"])
+        assert r["stages"][0]["trainable"] < r["stages"][1]["trainable"] < r["parameters"]
