@@ -34,10 +34,12 @@ class LogitScale(nn.Module):
         super().__init__()
         if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature {temperature} is outside [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        # shape (1,), not (): checkpoint digests view every tensor as bytes, which a 0-dim tensor cannot do
+        self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature)]))
 
     def forward(self) -> torch.Tensor:
-        return self.log_scale.clamp(math.log(1 / MAX_TEMPERATURE), math.log(1 / MIN_TEMPERATURE)).exp()
+        """() the scale, 1 / temperature."""
+        return self.log_scale.clamp(math.log(1 / MAX_TEMPERATURE), math.log(1 / MIN_TEMPERATURE)).exp()[0]
 
     @property
     def temperature(self) -> float:

@@ -89,3 +89,18 @@ def test_the_pretraining_recipe_builds_the_demo_model():
     assert to_dict(load_config(ROOT / "configs" / "pretrain.yaml").model) == \
         to_dict(load_config(ROOT / "configs" / "demo.yaml").model)
     assert to_dict(load_config(PRETRAIN_TINY).model) == to_dict(load_config(TINY).model)
+
+
+def test_two_processes_pretrain_in_step(tmp_path):
+    """torchrun, gloo: the contrastive loss gathers both processes' pairs; the parameters (heads included) must
+    end identical on both (the trainer compares their digests)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "mmdialog",
+                        "pretrain", "--config", str(PRETRAIN_TINY), "--out", str(tmp_path), "train.max_steps=2",
+                        "pretrain.eval_pairs=0"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((tmp_path / "checkpoint" / "meta.json").read_text())
+    assert meta["processes"] == 2 and len(set(meta["param_sha1_by_rank"])) == 1
