@@ -113,8 +113,11 @@ def markdown(result: dict) -> str:
     for name, p in (("scratch", fa), ("pretrained", fb)):
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}"
                                                  for v in p["gold_history"]["by_distance"].values()) + " |")
-    lines += ["", f"Scratch's final accuracy {fa['gold_history']['overall']:.3f} is reached by the pretrained run at "
-                  f"step {result['pretrained_reaches_scratch_final_at']} (of {s['steps']}).",
+    n = fa["gold_history"]["questions"]
+    se = (fa["gold_history"]["overall"] * (1 - fa["gold_history"]["overall"]) / max(n, 1)) ** 0.5
+    lines += ["", f"{n} questions: one standard error of an accuracy is about ±{se:.3f}.",
+              f"Scratch's final accuracy {fa['gold_history']['overall']:.3f} is reached by the pretrained run at "
+              f"step {result['pretrained_reaches_scratch_final_at']} (of {s['steps']}).",
               f"Image gain (gold history − no image) at the end: scratch {fa['image_gain']:+.3f}, "
               f"pretrained {fb['image_gain']:+.3f}.",
               f"Pretraining on held-out pairs: {result['pretrain_eval']}"]

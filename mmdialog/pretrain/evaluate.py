@@ -3,7 +3,7 @@
 - retrieval (needs the contrastive heads): R@1/5/10 and mean rank, media -> text and text -> media, over the
   held-out pairs' embeddings (a caption identical to the gold one counts as gold);
 - captioning: greedy captions (up to pretrain.max_caption_tokens) scored by BLEU-4 and CIDEr-D against the
-  pair's caption;
+  pair's caption, and the share of distinct captions (one caption for every picture: the media are ignored);
 - QA: exact-match accuracy of the greedy answer (teacher forced: the same verdict as generating, see
   eval/teacher_forced.py), and of the answer head over the closed answer set when there is one.
 """
@@ -58,7 +58,9 @@ def captioning(model, processor, records: list[PairRecord], max_new_tokens: int,
     if not hyps:
         return {"bleu4": None, "cider": None, "captions": 0}
     cider, _ = cider_d(hyps, refs)
+    # distinct_captions: the share of different captions; near 1 / captions, the model ignores the media
     return {"bleu4": bleu4(hyps, refs), "cider": cider, "captions": len(hyps),
+            "distinct_captions": len(set(hyps)) / len(hyps),
             "examples": [{"id": r.id, "generated": h, "reference": rf[0]}
                          for r, h, rf in zip(records[:examples], hyps, refs)]}
 

@@ -155,13 +155,14 @@ def evaluate_pretrained(model, heads, processor, records: list[PairRecord], cfg:
     t = time.perf_counter()
     held = PairDataset.build(records, processor, desc="processing held-out pairs", progress=progress)
     out: dict = {"pairs": len(held), "skipped": len(held.skipped)}
+    usable = set(held.ids)
+    records = [r for r in records if r.id in usable]
     if hasattr(heads, "contrastive"):
         out["retrieval"] = retrieval(model, heads, held, processor.tokenizer.pad_id)
     if "captioning" in weights:
-        out["captioning"] = captioning(model, processor, [r for r in records if r.id in set(held.ids)],
-                                       cfg.pretrain.max_caption_tokens, progress=progress)
+        out["captioning"] = captioning(model, processor, records, cfg.pretrain.max_caption_tokens, progress=progress)
     if "qa" in weights:
-        out["qa"] = question_answering(model, processor, [r for r in records if r.id in set(held.ids)],
+        out["qa"] = question_answering(model, processor, records,
                                        max_new_tokens=cfg.eval.max_new_tokens, heads=heads, answer_vocab=answer_vocab)
     out["seconds"] = round(time.perf_counter() - t, 1)
     log("held-out: " + summary_line(out))
@@ -175,7 +176,9 @@ def summary_line(ev: dict) -> str:
         parts.append("retrieval media->text R@1/5/10 " + "/".join(f"{r['media_to_text'][f'r@{k}']:.2f}" for k in (1, 5, 10))
                      + ", text->media " + "/".join(f"{r['text_to_media'][f'r@{k}']:.2f}" for k in (1, 5, 10)))
     if ev.get("captioning", {}).get("bleu4") is not None:
-        parts.append(f"BLEU-4 {ev['captioning']['bleu4']:.3f}, CIDEr {ev['captioning']['cider']:.3f}")
+        c = ev["captioning"]
+        parts.append(f"BLEU-4 {c['bleu4']:.3f}, CIDEr {c['cider']:.3f}"
+                     + (f", distinct captions {c['distinct_captions']:.2f}" if "distinct_captions" in c else ""))
     if ev.get("qa", {}).get("accuracy") is not None:
         parts.append(f"QA accuracy {ev['qa']['accuracy']:.3f}"
                      + (f" (head {ev['qa']['head_accuracy']:.3f})" if "head_accuracy" in ev["qa"] else ""))
