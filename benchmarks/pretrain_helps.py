@@ -1,7 +1,7 @@
 """Does pretraining help? Fine-tune the demo model on the world's dialogues from a pretrained checkpoint and from
 scratch, with the same steps, the same data order and the same tokenizer, and compare the accuracy curves.
 
-    python benchmarks/pretrain_helps.py --out runs/pretrain_helps --pretrain-minutes 8 --steps 600 --every 100
+    python benchmarks/pretrain_helps.py --out runs/pretrain_helps --pretrain-minutes 18 --steps 600 --every 100
 
 1. `mmdialog pretrain --config configs/pretrain.yaml` (its own world, seed 1: other pictures than the demo's)
    for --pretrain-minutes, unless OUT/pretrain/checkpoint exists (or --pretrain-dir names one);
@@ -162,7 +162,7 @@ def main(argv=None) -> None:
     p.add_argument("--pretrain-config", default=str(ROOT / "configs" / "pretrain.yaml"))
     p.add_argument("--finetune-config", default=str(ROOT / "configs" / "demo.yaml"))
     p.add_argument("--pretrain-dir", help="an existing `mmdialog pretrain` output to fine-tune (skips pretraining)")
-    p.add_argument("--pretrain-minutes", type=float, default=8.0)
+    p.add_argument("--pretrain-minutes", type=float, default=18.0)
     p.add_argument("--steps", type=int, default=600, help="fine-tuning steps of each run")
     p.add_argument("--every", type=int, default=100, help="checkpoint and score every N steps")
     p.add_argument("--eval-dialogues", type=int, default=200)
