@@ -98,7 +98,8 @@ class Task:
             if self.name == "exist1-words":  # word-aligned: each cell is the sum of its words' embeddings
                 words = feats[..., :9]  # (B, 16, 9) colour and shape one-hots
                 empty = 1 - words.sum(-1, keepdim=True).clamp(max=1)
-                tokens = words @ self.decoder.tok_embeddings.weight[:9] + empty * self.decoder.tok_embeddings.weight[SEP]
+                table = self.decoder.tok_embeddings.weight  # (V, D)
+                tokens = words @ table[:9] + empty * table[SEP]
             else:  # concat fusion: projected features fill the image slots
                 tokens = self.projector(feats)
             x = x.masked_scatter((ids == IMAGE).unsqueeze(-1), tokens.reshape(-1, x.shape[-1]))
