@@ -163,6 +163,7 @@ class TrainConfig:
     loss_turns: str = "all"  # all assistant turns | last (the last one only) | weighted (per-message weights from data)
     pack: bool = False  # pack the batch's conversations into as few rows as fit pack_length (attention isolated)
     pack_length: int = 0  # longest packed row; 0: the decoder's max_seq_len
+    distributed: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimizer state sharded)
 
 
 @dataclass

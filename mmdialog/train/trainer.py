@@ -40,7 +40,9 @@ from mmdialog.model import MultimodalLM, build_model, count_parameters
 from mmdialog.objectives.lm import NextTokenObjective, target_weights
 from mmdialog.train.checkpoint import (latest_training_checkpoint, load_training_state, rng_state,
                                        save_checkpoint, save_training_checkpoint, set_rng_state)
-from mmdialog.train.distributed import Dist
+from mmdialog.train.distributed import (Dist, check_fsdp, full_optimizer_state, full_state_dict, full_tensor,
+                                        load_full_optimizer_state, load_full_state_dict, materialize, meta_copy,
+                                        shard_fsdp)
 from mmdialog.train.sampler import StepSampler
 from mmdialog.train.strategies import (ADAPTERS, Plan, build_plan, enable_gradient_checkpointing, lora_state, merge_lora,
                                       save_adapters)
@@ -277,6 +279,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(tc.precision, device.type)  # once: it reads /proc/cpuinfo
+    check_fsdp(tc, precision)
+    fsdp = dist.enabled and tc.distributed == "fsdp"
     sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank, world_size=dist.world_size,
                           micro=tc.grad_accum)
     collate = collate or Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or
@@ -288,6 +292,12 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     if tc.grad_checkpointing:
         enable_gradient_checkpointing(model)
     model.to(device)
+    objective = objective if objective is not None else NextTokenObjective(model)
+    template = None  # fsdp: process 0 gathers the full weights into this unsharded copy to save them
+    if fsdp:
+        plan.apply(model, 0)  # one stage (staged is refused): requires_grad is set before sharding
+        template = meta_copy(model) if dist.is_main else None
+        shard_fsdp(objective, model, dist, device)
     opt = make_optimizer(model, tc, names=plan.all_trainable)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = Schedule(plan, tc)
@@ -300,7 +310,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         if latest is None:
             log(f"resume: no checkpoint in {ckpt_root}; starting from step 0")
         else:
-            resumed_from = _load_resume(latest, model, opt, scaler, schedule, sampler, dataset, dist)
+            resumed_from = _load_resume(latest, model, opt, scaler, schedule, sampler, dataset, dist,
+                                        objective if fsdp else None)
             st = load_training_state(latest)
             tokens, ema, losses = st["tokens"], st["ema"], [tuple(x) for x in st["losses"]]
             skipped_batches = st["skipped_batches"]
@@ -310,9 +321,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     log(f"model: {count_parameters(model):,} parameters ({n_trainable:,} trained, strategy {tc.strategy}); "
         f"data: {dataset.report() if hasattr(dataset, 'report') else len(dataset)}; precision: {precision} "
         f"(train.precision={tc.precision}); device: {device}"
-        + (f"; {dist.world_size} processes" if dist.enabled else ""))
+        + (f"; {dist.world_size} processes ({tc.distributed})" if dist.enabled else ""))
 
-    objective = objective if objective is not None else NextTokenObjective(model)
     batch_weight = getattr(objective, "batch_weight", None) or (
         lambda b: target_weights(b["labels"], b.get("loss_weights")).sum())
     ddp, stage = None, None
@@ -322,16 +332,25 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
                unit="step", disable=not progress or not dist.is_main, dynamic_ncols=True)
     stopped, consecutive_skips = "", 0
 
+    def saveable():
+        """The model to save: itself, or under fsdp (on process 0) the template holding the gathered weights.
+        A collective under fsdp."""
+        if not fsdp:
+            return model
+        full = full_state_dict(model, dist)
+        return materialize(template, full) if dist.is_main else None
+
     def state() -> dict:
-        return {"optimizer": opt.state_dict(), "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
+        return {"optimizer": full_optimizer_state(objective, opt) if fsdp else opt.state_dict(), "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
                 "sampler": sampler.state_dict(), "dataset": getattr(dataset, "state_dict", lambda: None)(),
                 "rng": dist.gather(rng_state()), "tokens": tokens, "ema": ema, "losses": losses,
-                "skipped_batches": skipped_batches, "world_size": dist.world_size}
+                "skipped_batches": skipped_batches, "world_size": dist.world_size,
+                "distributed": "fsdp" if fsdp else "ddp"}
 
     def save_resumable() -> None:
-        st = state()  # a collective: every process takes part
+        st, m = state(), saveable()  # collectives: every process takes part
         if dist.is_main:
-            save_training_checkpoint(ckpt_root, schedule.step, model, tokenizer, cfg,
+            save_training_checkpoint(ckpt_root, schedule.step, m, tokenizer, cfg,
                                      {**ckpt_meta, "tokens": tokens}, st, tc.keep_last)
         dist.barrier()
 
@@ -339,9 +358,10 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         while schedule.step < plan.total_steps and schedule.progress() < 1.0:
             s, _ = plan.stage_at(schedule.step)
             if s != stage:  # which parameters train changed: DDP must be rebuilt over the new set
-                plan.apply(model, s)
+                if not fsdp:
+                    plan.apply(model, s)
                 stage = s
-                if dist.enabled:
+                if dist.enabled and not fsdp:
                     from torch.nn.parallel import DistributedDataParallel as DDP
 
                     # a modality absent from a batch leaves its encoder without gradients
@@ -362,6 +382,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for i, b in enumerate(batches):
                 sync = ddp is None or i == len(batches) - 1
+                if fsdp:  # reduce-scatter the gradients on the last micro-batch only
+                    objective.set_requires_gradient_sync(i == len(batches) - 1)
                 with (nullcontext() if sync else ddp.no_sync()), autocast_context(precision, device.type):
                     part, _ = (ddp or objective)(b)
                 scaler.scale(part / max(norm, 1e-12)).backward()
@@ -373,7 +395,7 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
             loss = float(stats[0]) / max(float(weight), 1e-12)
             stop_now = float(stats[1]) > 0
             scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            gnorm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             # With fp16 an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
             bad = not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(float(gnorm)))
             if bad:
@@ -430,7 +452,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         log(f"stopped by {stopped} after step {schedule.step}; checkpoint in {ckpt_root}; continue with --resume")
     elif tc.save_every and schedule.step % tc.save_every and schedule.step > resumed_from:
         save_resumable()  # the final state, so that --resume of a finished run has nothing left to do
-    sync = _check_in_sync(model, dist)
+    sync = _check_in_sync(model, dist, fsdp)
+    final = saveable()
     model.eval()
     adapters = None
     if plan.adapters == "lora" and not stopped:
@@ -439,17 +462,20 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     if dist.is_main:
         final_meta = {**ckpt_meta, "adapters": plan.adapters if stopped else None, "step": schedule.step,
                       "tokens": tokens, **sync}
-        save_checkpoint(out_dir / "checkpoint", model, tokenizer, cfg, final_meta,
+        save_checkpoint(out_dir / "checkpoint", final, tokenizer, cfg, final_meta,
                         extra=None if adapters is None else lambda tmp: save_adapters(tmp / ADAPTERS, adapters, tc.lora))
     dist.barrier()
     return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
                        losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches)
 
 
-def _check_in_sync(model, dist: Dist) -> dict:
-    """Under DDP every process must end with the same parameters: compare their digests (an error if not)."""
+def _check_in_sync(model, dist: Dist, fsdp: bool = False) -> dict:
+    """Under DDP every process must end with the same parameters: compare their digests (an error if not).
+    Under FSDP each process holds its shard: nothing to compare."""
     if not dist.enabled:
         return {}
+    if fsdp:
+        return {"processes": dist.world_size, "distributed": "fsdp"}
     import hashlib
 
     h = hashlib.sha1()
@@ -478,22 +504,36 @@ def _open_log(path: Path, resumed_from: int):
     return open(path, "w")
 
 
-def _load_resume(directory: Path, model, opt, scaler, schedule, sampler, dataset, dist: Dist) -> int:
-    """Load a training checkpoint into the freshly built objects; returns its step."""
-    from safetensors.torch import load_model
+def _load_resume(directory: Path, model, opt, scaler, schedule, sampler, dataset, dist: Dist, fsdp_root=None) -> int:
+    """Load a training checkpoint into the freshly built objects; returns its step. fsdp_root: the sharded
+    root module under train.distributed=fsdp (the checkpoint holds full weights and optimizer state)."""
+    from safetensors.torch import load_file, load_model
 
     st = load_training_state(directory)
     if st["world_size"] != dist.world_size:
         raise MMDialogError(f"cannot resume {directory}: it was written by {st['world_size']} process(es), this run "
                             f"has {dist.world_size} (the RNG states and data shards are per process)")
     meta = json.loads((directory / "meta.json").read_text())
-    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=False,
-                                     device=str(next(model.parameters()).device))
+    written, mine = st.get("distributed", "ddp"), "fsdp" if fsdp_root is not None else "ddp"
+    if written != mine:  # the optimizer state is sharded-and-gathered by name under fsdp, by index otherwise
+        raise MMDialogError(f"cannot resume {directory}: it was written with train.distributed={written}, this run "
+                            f"uses {mine} (resuming across the two is not supported); set train.distributed={written}")
+    if fsdp_root is not None:
+        try:
+            load_full_state_dict(model, load_file(str(directory / "model.safetensors")))
+        except MMDialogError as e:
+            raise MMDialogError(f"cannot resume {directory} with train.distributed=fsdp: {e}") from None
+        load_full_optimizer_state(fsdp_root, opt, st["optimizer"])
+        missing, unexpected = [], []
+    else:
+        missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=False,
+                                         device=str(next(model.parameters()).device))
     if missing or unexpected:
         raise MMDialogError(f"cannot resume {directory}: its weights are from another model or strategy "
                             f"(checkpoint strategy {meta.get('strategy')!r}): missing {sorted(missing)[:3]}, "
                             f"unexpected {sorted(unexpected)[:3]}")
-    opt.load_state_dict(st["optimizer"])
+    if fsdp_root is None:
+        opt.load_state_dict(st["optimizer"])
     scaler.load_state_dict(st["scaler"])
     schedule.load_state_dict(st["scheduler"])
     sampler.load_state_dict(st["sampler"])

@@ -64,3 +64,30 @@ def test_two_processes_stay_identical_and_match_one(world, tmp_path):
     shutil.copytree(two / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
     train(resumed, world, 2, "--resume")
     assert json.loads((resumed / "checkpoint" / "meta.json").read_text())["param_sha1_by_rank"] == digests
+
+
+def test_fsdp_two_processes_match_one_save_full_weights_and_resume(world, tmp_path):
+    """train.distributed=fsdp (FSDP2, parameters sharded across the 2 processes, gloo): the same losses and
+    parameters as one process with the same global batch, a final checkpoint of full weights that loads like
+    any other, and a bitwise resume from a resumable checkpoint (full weights + gathered optimizer state)."""
+    from mmdialog.train.checkpoint import load_checkpoint
+
+    fsdp, one = tmp_path / "fsdp", tmp_path / "one"
+    r = train(fsdp, world, 2, "train.distributed=fsdp", "train.grad_accum=2")
+    assert "2 processes (fsdp)" in r.stdout
+    meta = json.loads((fsdp / "checkpoint" / "meta.json").read_text())
+    assert meta["processes"] == 2 and meta["distributed"] == "fsdp"
+    train(one, world, 1, "train.grad_accum=2")
+    assert [r["loss"] for r in log(fsdp)] == pytest.approx([r["loss"] for r in log(one)], rel=1e-5)
+    a, b = load_file(str(one / "checkpoint" / "model.safetensors")), load_file(str(fsdp / "checkpoint" / "model.safetensors"))
+    assert sorted(a) == sorted(b)  # full, unsharded tensors under the same names (tied weights saved once)
+    for k in a:
+        assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-5), k
+    loaded = load_checkpoint(fsdp / "checkpoint")  # what chat / eval / export do
+    assert sum(p.numel() for p in loaded.model.parameters()) > 0
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fsdp / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
+    train(resumed, world, 2, "train.distributed=fsdp", "train.grad_accum=2", "--resume")
+    c = load_file(str(resumed / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(b[k], c[k]) for k in b)
