@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
             raise MMDialogError(f"{len(dataset)} usable conversations, fewer than train.batch_size={cfg.train.batch_size}; "
                                 + dataset.report())
         _check_same(dist, tokenizer)
-        meta = {"data": str(Path(cfg.data.train_file).resolve())} if world is None else {"world": str(world.resolve())}
+        meta = {"data": _data_files(cfg)} if world is None else {"world": str(world.resolve())}
         log = print if dist.is_main else (lambda *a, **k: None)
         result = train(cfg, model, tokenizer, dataset, out, meta=meta, resume=args.resume, dist=dist,
                        progress=dist.is_main, log=log)
@@ -112,6 +112,14 @@ def _check_same(dist, tokenizer) -> None:
     digests = dist.gather(digest)
     if len(set(digests)) > 1:
         raise MMDialogError(f"the processes built different tokenizers ({digests}); pass data.tokenizer=DIR")
+
+
+def _data_files(cfg):
+    """meta's "data": the training file's path, or the list of them (data.train_file: several, or a glob)."""
+    from mmdialog.data.formats import expand_files
+
+    files = [str(p.resolve()) for p in expand_files(cfg.data.train_file)]
+    return files[0] if isinstance(cfg.data.train_file, str) and len(files) == 1 else files
 
 
 def _report_skipped(skipped, path: Path, show: int = 20) -> None:

@@ -90,10 +90,22 @@ class WorldConfig:
 class DataConfig:
     """Training on a dataset file instead of the built-in world (see mmdialog/data/formats)."""
 
-    train_file: str = ""  # LLaVA JSON, ShareGPT-style or OpenAI chat JSONL; empty: the built-in world
+    # LLaVA JSON, ShareGPT-style or OpenAI chat JSONL: one path, a glob (data/shard-*.jsonl, sorted by name) or a
+    # list of them, read in order as one training set; empty: the built-in world
+    train_file: str | tuple[str, ...] = ""
     format: str = "auto"  # auto | llava | sharegpt | openai
     media_root: str = ""  # media paths are relative to it and may not leave it; empty: the train file's directory
     tokenizer: str = ""  # a directory with tokenizer.json (a checkpoint or an export); empty: train one on the text
+    lazy: bool = False  # keep only (file, byte offset) per valid record and read + process it when drawn (JSONL only)
+
+    def __post_init__(self):
+        if isinstance(self.train_file, (list, tuple)):
+            self.train_file = tuple(str(f) for f in self.train_file)
+        elif self.train_file is None:
+            self.train_file = ""
+        elif not isinstance(self.train_file, str):
+            raise MMDialogError(f"config key 'data.train_file' must be a path, a glob or a list of them, "
+                                f"got {self.train_file!r}")
 
 
 @dataclass

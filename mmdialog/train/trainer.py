@@ -31,7 +31,7 @@ from tqdm import tqdm
 from mmdialog.config import Config, TrainConfig
 from mmdialog.data.collate import Collator
 from mmdialog.data.dataset import ConversationDataset
-from mmdialog.data.formats import DataFile
+from mmdialog.data.formats import DataSource
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.data.worlds.shapes import load_split, record_to_conversation
@@ -141,8 +141,8 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
     cfg.data.tokenizer when set, else trained on the training text. With train.init_from the model starts
     from that checkpoint's weights (fine-tuning), which must have been built from the same model section."""
     if cfg.data.train_file:
-        data = DataFile(cfg.data.train_file, cfg.data.format, media_root=cfg.data.media_root or None)
-        texts = data.texts  # streamed: the file is read once for the tokenizer, once for the examples
+        data = DataSource(cfg.data.train_file, cfg.data.format, media_root=cfg.data.media_root or None)
+        texts = data.texts  # streamed: the files are read once for the tokenizer, once for the examples
     else:
         train_records = load_split(world_dir, "train")
         texts = lambda: world_texts(train_records) + ["Describe the picture."]  # noqa: E731
@@ -166,7 +166,7 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
         dataset = AugmentedWorldDataset(train_records, world_dir, processor, flip=aug.flip,
                                         cut_history=aug.cut_history, distractors=aug.distractors, seed=cfg.train.seed)
     elif cfg.data.train_file:
-        dataset = data.dataset(processor, modalities=model.encoders.keys(), progress=progress)
+        dataset = data.dataset(processor, modalities=model.encoders.keys(), progress=progress, lazy=cfg.data.lazy)
     else:
         convs = [record_to_conversation(r, world_dir) for r in train_records]
         dataset = ConversationDataset.build(convs, processor, desc="processing train", progress=progress)

@@ -9,6 +9,7 @@ the text to train a tokenizer on, or the processed training set.
 
 from __future__ import annotations
 
+import glob
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from mmdialog.data.conversation import Conversation
 from mmdialog.data.dataset import ConversationDataset, Skipped
 from mmdialog.data.formats import llava, openai, sharegpt
 from mmdialog.data.formats.common import NOT_JSON, MediaRoot, RecordError
-from mmdialog.data.formats.stream import iter_records
+from mmdialog.data.formats.stream import RawRecord, iter_jsonl_offsets, iter_records, layout, read_jsonl_at
 from mmdialog.data.formats.validate import Checks, check_conversation
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
@@ -104,22 +105,41 @@ class DataFile:
         self.format = fmt
         self.converter = FORMATS[fmt]
 
+    label: str = ""  # names the file in record ids when training reads several ("shard-1.jsonl line 3")
+
+    def record_id(self, line: int) -> str:
+        return f"{self.label} line {line}" if self.label else f"line {line}"
+
+    def record(self, raw: RawRecord, checks: Checks | None = None) -> Record:
+        """One parsed record as a conversation, or the reason it is refused. checks=None: conversion only."""
+        if raw.error is not None:
+            reason = raw.error if raw.error.startswith(NOT_JSON) else f"{NOT_JSON}: {raw.error}"
+            return Record(raw.line, reason=reason)
+        try:
+            conv = self.converter.from_record(raw.value, self.media)
+            if checks is not None:
+                check_conversation(conv, checks)
+        except RecordError as e:
+            return Record(raw.line, reason=str(e))
+        conv.meta.update(id=self.record_id(raw.line), line=raw.line, source=str(self.path))
+        return Record(raw.line, conv)
+
     def records(self, checks: Checks | None = None) -> Iterator[Record]:
         """Every record with its conversation, or the reason it is refused. checks=None: conversion only."""
         for raw in iter_records(self.path):
-            if raw.error is not None:
-                reason = raw.error if raw.error.startswith(NOT_JSON) else f"{NOT_JSON}: {raw.error}"
-                yield Record(raw.line, reason=reason)
-                continue
-            try:
-                conv = self.converter.from_record(raw.value, self.media)
-                if checks is not None:
-                    check_conversation(conv, checks)
-            except RecordError as e:
-                yield Record(raw.line, reason=str(e))
-                continue
-            conv.meta.update(id=f"line {raw.line}", line=raw.line, source=str(self.path))
-            yield Record(raw.line, conv)
+            yield self.record(raw, checks)
+
+    def indexed_records(self, checks: Checks | None = None) -> Iterator[tuple[int, Record]]:
+        """records(), each with the byte offset of its line (JSON Lines only: a lazy dataset reads it again there)."""
+        if layout(self.path) != "jsonl":
+            raise MMDialogError(f"{self.path}: data.lazy reads JSON Lines only (one record per line); this file is "
+                                "one JSON array: convert it to JSONL, or set data.lazy=false")
+        for offset, raw in iter_jsonl_offsets(self.path):
+            yield offset, self.record(raw, checks)
+
+    def read_at(self, offset: int, line: int) -> Record:
+        """The record at a byte offset found by indexed_records, converted (not checked again)."""
+        return self.record(read_jsonl_at(self.path, offset, line))
 
     def check(self, checks: Checks) -> CheckReport:
         report = CheckReport(str(self.path), self.format)
@@ -155,3 +175,74 @@ class DataFile:
 
     def to_record(self, conv: Conversation) -> dict:
         return self.converter.to_record(conv, self.media)
+
+
+def expand_files(spec) -> list[Path]:
+    """data.train_file as paths: one path, a glob (`data/shard-*.jsonl`, its matches sorted by name), or a list of
+    either (in the order given); a file named twice is read once."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    out: list[Path] = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if any(c in text for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise MMDialogError(f"no data file matches {text!r}")
+            out += matches
+        else:
+            out.append(Path(text))
+    seen: set[Path] = set()
+    unique = [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    if not unique:
+        raise MMDialogError("data.train_file names no file")
+    return unique
+
+
+class DataSource:
+    """The files of data.train_file read as one training set, in order. With several files a record's id names
+    its file ("shard-2.jsonl line 7"; the full path where two files share a name); with one it is "line 7"."""
+
+    def __init__(self, spec, fmt: str = "auto", media_root: str | Path | None = None):
+        self.files = [DataFile(p, fmt, media_root=media_root) for p in expand_files(spec)]
+        if len(self.files) > 1:
+            names = [f.path.name for f in self.files]
+            unique = len(set(names)) == len(names)
+            for f in self.files:
+                f.label = f.path.name if unique else str(f.path)
+        self._order = {f.label: i for i, f in enumerate(self.files)}
+
+    def texts(self) -> Iterator[str]:
+        for f in self.files:
+            yield from f.texts()
+
+    def sort_key(self, record_id: str) -> tuple[int, int]:
+        """(file, line) of a record id, for reporting skipped records in reading order."""
+        label, _, line = record_id.rpartition("line ")
+        return self._order.get(label.strip(), 0), int(line)
+
+    def dataset(self, processor: Processor, modalities, progress: bool = True, lazy: bool = False):
+        """The training set: every valid record processed up front (ConversationDataset), or with lazy=True
+        a LazyDataset that keeps only each valid record's (file, byte offset) and processes it when drawn.
+        Either way invalid records are in `skipped` as (id, reason) in reading order."""
+        if lazy:
+            from mmdialog.data.formats.lazy import LazyDataset
+
+            return LazyDataset.build(self, processor, modalities, progress=progress)
+        checks = Checks(processor=processor, modalities=frozenset(modalities))
+        refused: list[Skipped] = []
+
+        def valid() -> Iterator[Conversation]:
+            for f in self.files:
+                for rec in f.records(checks):
+                    if rec.conversation is None:
+                        refused.append(Skipped(f.record_id(rec.line), rec.reason))
+                    else:
+                        yield rec.conversation
+
+        more = f" (+{len(self.files) - 1} files)" if len(self.files) > 1 else ""
+        desc = f"processing {self.files[0].path.name}{more}"
+        ds = ConversationDataset.build(valid(), processor, desc=desc, progress=progress)
+        ds.skipped = sorted(ds.skipped + refused, key=lambda s: self.sort_key(s.id))
+        return ds

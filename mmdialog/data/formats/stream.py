@@ -202,3 +202,57 @@ def iter_json_array(path: str | Path, chunk_size: int = CHUNK) -> Iterator[RawRe
 def iter_records(path: str | Path) -> Iterator[RawRecord]:
     """JSONL or a JSON array, whichever the file holds."""
     return iter_json_array(path) if layout(path) == "array" else iter_jsonl(path)
+
+
+# ----------------------------------------------------------------------------- JSONL by byte offset
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _logical_lines(raw: bytes, offset: int):
+    """The lines of one b'\\n'-terminated chunk as text mode splits them (universal newlines: a lone '\\r'
+    ends a line too), each with the byte offset where it starts. '\\r' and '\\n' never occur inside a UTF-8
+    sequence, so splitting the bytes is splitting the text."""
+    start = 0
+    while start < len(raw):
+        cr, nl = raw.find(b"\r", start), raw.find(b"\n", start)
+        ends = [e for e in (cr, nl) if e >= 0]
+        if not ends:
+            yield offset + start, raw[start:]
+            return
+        end = min(ends)
+        yield offset + start, raw[start:end]
+        start = end + (2 if raw[end:end + 2] == b"\r\n" else 1)
+
+
+def iter_jsonl_offsets(path: str | Path) -> Iterator[tuple[int, RawRecord]]:
+    """What iter_jsonl yields (the same lines, values and errors), each with the byte offset where its line
+    starts, so `read_jsonl_at` can read that record again without reading the file."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise MMDialogError(f"data file not found: {path}") from None
+    except OSError as e:
+        raise MMDialogError(f"cannot read data file {path}: {e}") from None
+    n = 0
+    with f:
+        offset = 0
+        for chunk in f:
+            first = offset == 0 and chunk.startswith(_BOM)
+            for at, raw in _logical_lines(chunk[3:] if first else chunk, offset + (3 if first else 0)):
+                n += 1
+                text = raw.decode("utf-8", errors="surrogateescape")
+                if text.strip():
+                    yield at, _parse(n, text)
+            offset += len(chunk)
+
+
+def read_jsonl_at(path: str | Path, offset: int, line: int) -> RawRecord:
+    """The record whose line starts at byte `offset` (found by iter_jsonl_offsets), as line `line`."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.readline()
+    cut = [e for e in (raw.find(b"\r"), raw.find(b"\n")) if e >= 0]
+    raw = raw[:min(cut)] if cut else raw
+    return _parse(line, raw.decode("utf-8", errors="surrogateescape"))
