@@ -137,11 +137,14 @@ class LoraConfig:
 class AugmentConfig:
     """Label-true augmentation of the world's dialogues, drawn anew each epoch (data/worlds/shapes/augment.py):
     the probability that a draw is flipped left-right (and "left"/"right" swapped in its text), has its early
-    rounds cut, and has distractor rounds inserted."""
+    rounds cut, has distractor rounds inserted, has two colours swapped (image and text; never in a dialogue that
+    asks a colour), and has its questions reworded (training templates, never the held-out paraphrases)."""
 
     flip: float = 0.0
     cut_history: float = 0.0
     distractors: float = 0.0
+    colour: float = 0.0
+    paraphrase: float = 0.0  # per question
 
 
 @dataclass

@@ -157,14 +157,15 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
         model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
     processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     aug = cfg.train.augment
-    if aug.flip or aug.cut_history or aug.distractors:
+    if aug.flip or aug.cut_history or aug.distractors or aug.colour or aug.paraphrase:
         if cfg.data.train_file:
             raise MMDialogError("train.augment needs the built-in world (its scenes keep the labels true); "
                                 "data.train_file is set")
         from mmdialog.data.worlds.shapes.augment import AugmentedWorldDataset
 
         dataset = AugmentedWorldDataset(train_records, world_dir, processor, flip=aug.flip,
-                                        cut_history=aug.cut_history, distractors=aug.distractors, seed=cfg.train.seed)
+                                        cut_history=aug.cut_history, distractors=aug.distractors, colour=aug.colour,
+                                        paraphrase=aug.paraphrase, seed=cfg.train.seed)
     elif cfg.data.train_file:
         dataset = data.dataset(processor, modalities=model.encoders.keys(), progress=progress, lazy=cfg.data.lazy)
     else:

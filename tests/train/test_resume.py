@@ -115,3 +115,15 @@ def test_resume_with_augmentation_is_bitwise(tiny_world, tmp_path):
     assert res.resumed_from == 4
     a, b = params(model), params(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_colour_and_paraphrase_is_bitwise(tiny_world, tmp_path):
+    cfg = smoke_config("train.max_steps=5", "train.batch_size=16", "train.save_every=4", "train.augment.flip=0.5",
+                       "train.augment.colour=0.5", "train.augment.paraphrase=0.5")
+    model, _, dataset, _ = run(cfg, tiny_world, tmp_path / "a")
+    assert "colour 0.5, paraphrase 0.5" in dataset.report()
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000004", tmp_path / "b" / "checkpoints" / "step-00000004")
+    resumed, _, _, res = run(cfg, tiny_world, tmp_path / "b", resume=True)
+    assert res.resumed_from == 4
+    a, b = params(model), params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

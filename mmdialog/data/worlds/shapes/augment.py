@@ -7,8 +7,14 @@
     distractors   one or two count questions about the scene, answered from it, inserted before rounds that do
                   not refer to the round just before them
 
-Colours are never changed (the dialogues ask about them). AugmentedWorldDataset applies them on every draw, with
-a random stream fixed by (seed, epoch, index): the same draw after a resume, whatever ran before.
+    colour        two colours swapped in the scene, the image and every round; never in a dialogue that asks a
+                  colour, never into a held-out shape-colour pair (variants.py)
+    paraphrase    questions reworded with training templates of the same program, never the held-out wordings
+                  of the test_paraphrase split (variants.py)
+
+AugmentedWorldDataset applies them on every draw, with random streams fixed by (seed, epoch, index): the same
+draw after a resume, whatever ran before. Colour and paraphrase draw from streams of their own, so turning them
+on leaves the flip / cut / distractor draws as they were.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from torch.utils.data import Dataset
 from mmdialog.data.conversation import Conversation, Image
 from mmdialog.data.processor import IGNORE, Example, Processor
 from mmdialog.data.worlds.shapes.dialogue import COUNT_ATTRIBUTES, plural
+from mmdialog.data.worlds.shapes.io import heldout_info
 from mmdialog.data.worlds.shapes.scene import GRID, VALUES, Scene, quadrant
+from mmdialog.data.worlds.shapes.variants import draw_colour_swap, paraphrase_for_training, swap_pixels
 
 _SIDES = re.compile(r"\b(left|right|Left|Right)\b")
 _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
@@ -109,9 +117,12 @@ class AugmentedWorldDataset(Dataset):
     probabilities (train.augment). Rounds whose answer lost what it needs are not trained (labels -100)."""
 
     def __init__(self, records: list[dict], world: str | Path, processor: Processor, *, flip: float = 0.0,
-                 cut_history: float = 0.0, distractors: float = 0.0, seed: int = 0):
+                 cut_history: float = 0.0, distractors: float = 0.0, colour: float = 0.0, paraphrase: float = 0.0,
+                 seed: int = 0):
         self.records, self.world, self.processor = records, Path(world), processor
         self.flip, self.cut_history, self.distractors, self.seed = flip, cut_history, distractors, seed
+        self.colour, self.paraphrase = colour, paraphrase
+        self.heldout_pairs = [tuple(p) for p in heldout_info(self.world).get("pairs", [])]
         self.epoch = 0
         self.ids = [r["id"] for r in records]
         self.skipped: list = []
@@ -127,10 +138,18 @@ class AugmentedWorldDataset(Dataset):
     def rng(self, i: int) -> random.Random:
         return random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i)
 
+    def stream(self, i: int, name: str) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{i}/{name}")  # str seeds hash the same in every process
+
     def draw(self, i: int) -> tuple[dict, list[dict], bool]:
-        """(the record as drawn, its rounds with "train" flags, flipped?) for index i in this epoch."""
+        """(the record as drawn, its rounds with "train" flags, flipped?) for index i in this epoch; a record
+        whose colours were swapped carries "colour_swap": [a, b]."""
         rng = self.rng(i)
         rec = self.records[i]
+        if self.colour:
+            rec = draw_colour_swap(rec, self.stream(i, "colour"), self.colour, self.heldout_pairs)
+        if self.paraphrase:
+            rec = paraphrase_for_training(rec, self.stream(i, "paraphrase"), self.paraphrase)
         flipped = rng.random() < self.flip
         if flipped:
             rec = flip_record(rec)
@@ -139,8 +158,11 @@ class AugmentedWorldDataset(Dataset):
     def __getitem__(self, i: int) -> Example:
         rec, rounds, flipped = self.draw(i)
         image = Image(path=str((self.world / rec["image"]).resolve()))
-        if flipped:
-            image = Image(pixels=flip_pixels(image.load()))
+        if "colour_swap" in rec or flipped:
+            pixels = image.load()
+            if "colour_swap" in rec:
+                pixels = swap_pixels(pixels, *rec["colour_swap"])
+            image = Image(pixels=flip_pixels(pixels) if flipped else pixels)
         conv = Conversation(meta={"id": rec["id"]})
         for j, rd in enumerate(rounds):
             conv.add("user", *([image, rd["question"]] if j == 0 else [rd["question"]]))
@@ -158,5 +180,6 @@ class AugmentedWorldDataset(Dataset):
 
     def report(self) -> str:
         return (f"{len(self.records)} conversations, augmented on every draw (flip {self.flip:g}, cut history "
-                f"{self.cut_history:g}, distractors {self.distractors:g})")
+                f"{self.cut_history:g}, distractors {self.distractors:g}, colour {self.colour:g}, paraphrase "
+                f"{self.paraphrase:g})")
 
