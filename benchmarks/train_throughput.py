@@ -46,7 +46,8 @@ def hf_overrides(cfg) -> list[str]:
     mlp = d.mlp_hidden or 32 * math.ceil(8 * d.dim / 3 / 32)  # as CausalDecoder rounds it
     return ["model.decoder.name=hf",
             f"model.decoder.hf_config={{model_type: llama, hidden_size: {d.dim}, intermediate_size: {mlp}, "
-            f"num_hidden_layers: {d.depth}, num_attention_heads: {d.heads}, num_key_value_heads: {d.kv_heads or d.heads}, "
+            f"num_hidden_layers: {d.depth}, num_attention_heads: {d.heads}, "
+            f"num_key_value_heads: {d.kv_heads or d.heads}, "
             f"max_position_embeddings: {d.max_seq_len}, rope_theta: {d.rope_theta}, rms_norm_eps: {d.norm_eps:.1e}, "
             f"tie_word_embeddings: {str(d.tie_embeddings).lower()}}}"]
 
@@ -98,8 +99,9 @@ def in_process(args, world: Path) -> None:
     tps = {(r[0], r[1], r[2]): r[3] for r in rows}
     print()
     for precision in ("fp32", "bf16"):
-        print(f"own / hf_llama, {precision}, padded: {tps['own', precision, 'padded'] / tps['hf_llama', precision, 'padded']:.2f}x")
-        print(f"own packed / own padded, {precision}: {tps['own', precision, 'packed'] / tps['own', precision, 'padded']:.2f}x")
+        own, hf = tps["own", precision, "padded"], tps["hf_llama", precision, "padded"]
+        print(f"own / hf_llama, {precision}, padded: {own / hf:.2f}x")
+        print(f"own packed / own padded, {precision}: {tps['own', precision, 'packed'] / own:.2f}x")
     for name in ("own", "hf_llama"):
         print(f"{name} bf16 / fp32, padded: {tps[name, 'bf16', 'padded'] / tps[name, 'fp32', 'padded']:.2f}x")
 
