@@ -342,7 +342,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
         return materialize(template, full) if dist.is_main else None
 
     def state() -> dict:
-        return {"optimizer": full_optimizer_state(objective, opt) if fsdp else opt.state_dict(), "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
+        return {"optimizer": full_optimizer_state(objective, opt) if fsdp else opt.state_dict(),
+                "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
                 "sampler": sampler.state_dict(), "dataset": getattr(dataset, "state_dict", lambda: None)(),
                 "rng": dist.gather(rng_state()), "tokens": tokens, "ema": ema, "losses": losses,
                 "skipped_batches": skipped_batches, "world_size": dist.world_size,
