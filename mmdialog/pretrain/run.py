@@ -15,13 +15,11 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from mmdialog.config import Config, build_part, to_dict
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.errors import MMDialogError
-from mmdialog.model import build_model, count_parameters
+from mmdialog.model import count_parameters
 from mmdialog.objectives.qa import AnswerVocab
 from mmdialog.pretrain.data import (CAPTION_PROMPT, USER_CAPTION_PROMPT, PairCollator, PairDataset, PairRecord,
                                     read_pairs_file, world_pairs, world_texts)
@@ -76,7 +74,7 @@ def run_pretrain(cfg: Config, out: str | Path, *, resume: bool = False, dist: Di
                  progress: bool = True, log=print) -> dict:
     """Pretrain cfg.model with the cfg.pretrain mixture; returns the metrics written to OUT/metrics.json."""
     from mmdialog.train.checkpoint import latest_training_checkpoint, save_checkpoint
-    from mmdialog.train.trainer import _init_from, train
+    from mmdialog.train.trainer import tokenizer_and_model, train
 
     dist = dist or Dist()
     out = Path(out)
@@ -88,19 +86,9 @@ def run_pretrain(cfg: Config, out: str | Path, *, resume: bool = False, dist: Di
         raise MMDialogError(f"pretrain.mask_prob must be in (0, 1], got {pc.mask_prob}")
     records, skipped, held, texts, source = pair_sources(cfg, out, dist, progress and dist.is_main)
 
-    init = _init_from(cfg) if cfg.train.init_from else None
     latest = latest_training_checkpoint(out / "checkpoints") if resume else None
-    if latest is not None:
-        tokenizer = ChatTokenizer.load(latest)  # the run's own, whatever the data would train now
-    elif init is not None:
-        tokenizer = init.tokenizer
-    elif cfg.data.tokenizer:
-        tokenizer = ChatTokenizer.load(cfg.data.tokenizer)
-    else:
-        tokenizer = ChatTokenizer.train(texts, cfg.tokenizer.vocab_size)
-    torch.manual_seed(cfg.train.seed)
-    model = init.model.train() if init is not None else build_model(
-        cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
+    # a resumed run keeps its own tokenizer, whatever the data would train now
+    tokenizer, model = tokenizer_and_model(cfg, lambda: texts, ChatTokenizer.load(latest) if latest else None)
     processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     dataset = PairDataset.build(records, processor, skipped=skipped, progress=progress and dist.is_main)
     if len(dataset) < cfg.train.batch_size:

@@ -146,15 +146,7 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
     else:
         train_records = load_split(world_dir, "train")
         texts = lambda: world_texts(train_records) + ["Describe the picture."]  # noqa: E731
-    init = _init_from(cfg) if cfg.train.init_from else None
-    if tokenizer is None:
-        tokenizer = init.tokenizer if init else ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
-            ChatTokenizer.train(texts(), cfg.tokenizer.vocab_size)
-    torch.manual_seed(cfg.train.seed)
-    if init is not None:
-        model = init.model.train()
-    else:
-        model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
+    tokenizer, model = tokenizer_and_model(cfg, texts, tokenizer)
     processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
     aug = cfg.train.augment
     if aug.flip or aug.cut_history or aug.distractors or aug.colour or aug.paraphrase:
@@ -172,6 +164,20 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
         convs = [record_to_conversation(r, world_dir) for r in train_records]
         dataset = ConversationDataset.build(convs, processor, desc="processing train", progress=progress)
     return tokenizer, model, processor, dataset
+
+
+def tokenizer_and_model(cfg: Config, texts, tokenizer: ChatTokenizer | None = None):
+    """The run's tokenizer and freshly seeded model. The tokenizer is the one given (a resumed run reuses its
+    checkpoint's), else train.init_from's, else cfg.data.tokenizer when set, else trained on texts() (called
+    only then). With train.init_from the model is that checkpoint's (same model section), else built anew."""
+    init = _init_from(cfg) if cfg.train.init_from else None
+    if tokenizer is None:
+        tokenizer = init.tokenizer if init else ChatTokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else \
+            ChatTokenizer.train(texts(), cfg.tokenizer.vocab_size)
+    torch.manual_seed(cfg.train.seed)
+    if init is not None:
+        return tokenizer, init.model.train()
+    return tokenizer, build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
 
 
 def _init_from(cfg: Config):
