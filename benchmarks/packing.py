@@ -27,17 +27,18 @@ from mmdialog.data.worlds.shapes import generate_world, load_split, record_to_co
 from mmdialog.model import count_parameters
 from mmdialog.objectives.lm import NextTokenObjective
 from mmdialog.train.sampler import StepSampler
-from mmdialog.train.trainer import make_optimizer, prepare
+from mmdialog.train.trainer import autocast_context, make_optimizer, prepare
 
 
-def measure(model, batches, tc) -> tuple[float, list[float]]:
+def measure(model, batches, tc, precision: str = "fp32") -> tuple[float, list[float]]:
     """Seconds of the training steps on batches[1:] (batches[0] warms up), and the losses."""
     obj = NextTokenObjective(model)
     opt = make_optimizer(model, tc)
     losses, t = [], 0.0
     for i, b in enumerate(batches):
         start = time.perf_counter()
-        loss, w = obj(b)
+        with autocast_context(precision):
+            loss, w = obj(b)
         (loss / w).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

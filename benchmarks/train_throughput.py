@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,9 +32,9 @@ from mmdialog.config import load_config
 from mmdialog.data.collate import Collator
 from mmdialog.data.worlds.shapes import generate_world
 from mmdialog.model import count_parameters
-from mmdialog.objectives.lm import NextTokenObjective
 from mmdialog.train.sampler import StepSampler
-from mmdialog.train.trainer import autocast_context, make_optimizer, prepare
+from packing import measure  # the timing loop packing.py measures with (benchmarks/ is on sys.path)
+from mmdialog.train.trainer import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,23 +49,6 @@ def hf_overrides(cfg) -> list[str]:
             f"num_key_value_heads: {d.kv_heads or d.heads}, "
             f"max_position_embeddings: {d.max_seq_len}, rope_theta: {d.rope_theta}, rms_norm_eps: {d.norm_eps:.1e}, "
             f"tie_word_embeddings: {str(d.tie_embeddings).lower()}}}"]
-
-
-def timed(model, batches, tc, precision: str) -> float:
-    """Seconds of the training steps on batches[1:] (batches[0] warms up)."""
-    obj = NextTokenObjective(model)
-    opt = make_optimizer(model, tc)
-    total = 0.0
-    for i, b in enumerate(batches):
-        start = time.perf_counter()
-        with autocast_context(precision):
-            loss, w = obj(b)
-        (loss / w).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i > 0:
-            total += time.perf_counter() - start
-    return total
 
 
 def in_process(args, world: Path) -> None:
@@ -88,7 +70,7 @@ def in_process(args, world: Path) -> None:
             for precision in ("fp32", "bf16"):
                 for layout, batches in layouts.items():
                     model.load_state_dict(state)
-                    s = timed(model, batches, cfg.train, precision)
+                    s, _ = measure(model, batches, cfg.train, precision)
                     best[precision, layout] = min(best.get((precision, layout), s), s)
         print(f"{name}: {count_parameters(model):,} parameters")
         for (precision, layout), s in sorted(best.items()):
