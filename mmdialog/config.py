@@ -62,6 +62,7 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    init: str = "fan_in"  # causal: fan_in (N(0, 1/sqrt(fan in)) per layer) | gpt2 (N(0, 0.02)); see CausalDecoder
     path: str = ""  # hf: a local directory holding config.json and *.safetensors of an AutoModelForCausalLM
     hf_config: dict[str, Any] = field(default_factory=dict)  # hf: {model_type: llama, ...} to build one untrained
 
@@ -151,6 +152,7 @@ class AugmentConfig:
 class TrainConfig:
     batch_size: int = 32  # conversations per optimizer step, over all processes and accumulation steps
     lr: float = 2e-3
+    optimizer: str = "muon"  # muon (hidden matrices; AdamW for the rest) | adamw; see train.trainer.make_optimizer
     encoder_lr_scale: float = 0.1  # media encoders train at lr * this (see train.trainer.make_optimizer)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.05

@@ -21,7 +21,8 @@ class CausalDecoder(nn.Module):
     """
 
     def __init__(self, *, vocab_size: int, dim: int, depth: int, heads: int, kv_heads: int, mlp_hidden: int,
-                 max_seq_len: int, rope_theta: float, norm_eps: float, dropout: float, tie_embeddings: bool):
+                 max_seq_len: int, rope_theta: float, norm_eps: float, dropout: float, tie_embeddings: bool,
+                 init: str = "fan_in"):
         super().__init__()
         mlp_hidden = mlp_hidden or 32 * math.ceil(8 * dim / 3 / 32)
         self.max_seq_len = max_seq_len
@@ -44,14 +45,26 @@ class CausalDecoder(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
 
+        self.init_weights(init)
+
+    def init_weights(self, scheme: str = "fan_in") -> None:
+        """fan_in (default): every Linear N(0, 1/sqrt(in_features)) and the embedding N(0, 1/sqrt(dim)), so each
+        layer starts with unit gain whatever the width; gpt2: N(0, 0.02) everywhere. In both, the two output
+        projections of each block are scaled by 1/sqrt(2 * depth) (each block adds two branches to the residual
+        stream). At dim 128 GPT-2's 0.02 is a quarter of the fan-in std: attention starts nearly uniform and the
+        narrow model learns the lookups of its context several times slower (benchmarks/learning_curve.py)."""
+        if scheme not in ("fan_in", "gpt2"):
+            raise MMDialogError(f"model.decoder.init must be fan_in or gpt2, got {scheme!r}")
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-        # Each block adds two branches to the residual stream; scaling their output projections
-        # keeps the stream's variance from growing with depth (GPT-2).
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02 if scheme == "gpt2" else module.in_features ** -0.5)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02 if scheme == "gpt2" else module.embedding_dim ** -0.5)
+        depth = len(self.blocks)
         for block in self.blocks:
             for proj in (block.attn.out_proj, block.mlp.out_proj):
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * depth))
+                std = 0.02 if scheme == "gpt2" else proj.in_features ** -0.5
+                nn.init.normal_(proj.weight, std=std / math.sqrt(2 * depth))
 
     @staticmethod
     def sizes(cfg) -> tuple[int, int]:

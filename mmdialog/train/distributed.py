@@ -82,6 +82,9 @@ def check_fsdp(tc, precision: str) -> None:
         raise MMDialogError(f"train.distributed=fsdp does not support train.strategy={tc.strategy} (LoRA adapters are "
                             "merged and stages change the trainable set on a whole model); use train.distributed=ddp, "
                             "or strategy full or partial")
+    if getattr(tc, "optimizer", "adamw") == "muon":
+        raise MMDialogError("train.distributed=fsdp does not support train.optimizer=muon (Muon orthogonalises whole "
+                            "matrices, FSDP shards them); set train.optimizer=adamw")
     if precision == "fp16":
         raise MMDialogError("train.distributed=fsdp does not support train.precision=fp16 (the gradient scaler does not "
                             "handle sharded gradients here); use bf16 or fp32")

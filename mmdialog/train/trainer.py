@@ -118,20 +118,83 @@ def autocast_context(precision: str, device: str = "cpu"):
     return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | None = None) -> torch.optim.AdamW:
+class Optimizers:
+    """Several optimizers stepped as one (Muon for the hidden matrices, AdamW for the rest): the
+    param_groups of all of them (the loop sets each group's lr), one step, one zero_grad, one state dict."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for o in self.optimizers for k, v in o.state.items()}
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        parts = state.get("optimizers")
+        if parts is None or len(parts) != len(self.optimizers):
+            raise MMDialogError(f"the optimizer state holds {len(parts) if parts else 'one'} optimizer(s), this run "
+                                f"has {len(self.optimizers)} (train.optimizer changed since the checkpoint?)")
+        for o, st in zip(self.optimizers, parts):
+            o.load_state_dict(st)
+
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def muon_matrices(model: torch.nn.Module) -> set[int]:
+    """ids of the weights Muon updates: every nn.Linear's matrix but the output head (tied to the embedding
+    or not) and LoRA's low-rank factors; embeddings, convolutions, norms and biases stay with AdamW, as
+    Muon's authors advise."""
+    return {id(m.weight) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head") and ".lora_" not in f".{name}"
+            and m.weight.dim() == 2}
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | None = None):
     """AdamW over `names` (default: the parameters that require grad), with weight decay on matrices only
     (not norms, biases), and the media encoders at lr * encoder_lr_scale: trained from scratch at the
     decoder's rate, the image encoder collapses to the same output for every image within a few hundred
     steps, and the decoder then ignores images. A parameter frozen for a while (staged training) has no
-    gradient then, and AdamW leaves it and its state alone."""
-    groups = []
+    gradient then, and AdamW leaves it and its state alone.
+
+    train.optimizer=muon (the default): the hidden matrices (muon_matrices) get torch.optim.Muon instead,
+    its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the
+    demo world it reads the picture far sooner than AdamW (benchmarks/learning_curve.py)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise MMDialogError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
+    adam_groups, muon_groups = [], []
     for is_encoder in (False, True):
         params = [(n, p) for n, p in model.named_parameters()
                   if (p.requires_grad if names is None else n in names) and n.startswith("encoders.") == is_encoder]
         scale = cfg.encoder_lr_scale if is_encoder else 1.0
-        groups.append({"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale})
-        groups.append({"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+        muon_groups.append({"params": [p for _, p in params if id(p) in muon], "weight_decay": cfg.weight_decay,
+                            "lr_scale": scale})
+        adam_groups.append({"params": [p for _, p in params if p.dim() >= 2 and id(p) not in muon],
+                            "weight_decay": cfg.weight_decay, "lr_scale": scale})
+        adam_groups.append({"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
+    adam_groups = [g for g in adam_groups if g["params"]]
+    muon_groups = [g for g in muon_groups if g["params"]]
+    adamw = torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=cfg.betas) if adam_groups or not muon_groups else None
+    if not muon_groups:
+        return adamw
+    muon_opt = torch.optim.Muon(muon_groups, lr=cfg.lr, adjust_lr_fn="match_rms_adamw")
+    return Optimizers([muon_opt] + ([adamw] if adamw else []))
 
 
 def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenizer: ChatTokenizer | None = None):

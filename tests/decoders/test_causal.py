@@ -37,11 +37,19 @@ def test_registered_and_defaults_resolved():
     assert make_decoder(tie_embeddings=False).lm_head.weight is not make_decoder().tok_embeddings.weight
 
 
-def test_residual_projections_start_smaller():
-    dec = make_decoder(dim=64, depth=8, heads=4)
-    assert abs(dec.blocks[3].attn.out_proj.weight.std().item() - 0.02 / 4) < 0.001
-    assert abs(dec.blocks[3].mlp.out_proj.weight.std().item() - 0.02 / 4) < 0.001
-    assert abs(dec.blocks[3].attn.qkv.weight.std().item() - 0.02) < 0.002
+def test_init_schemes_and_smaller_residual_projections():
+    dec = make_decoder(dim=64, depth=8, heads=4)  # fan_in: std 1/sqrt(fan in), output projections / sqrt(2 depth)
+    hidden = dec.blocks[3].mlp.out_proj.in_features
+    assert abs(dec.blocks[3].attn.qkv.weight.std().item() - 64 ** -0.5) < 0.005
+    assert abs(dec.tok_embeddings.weight.std().item() - 64 ** -0.5) < 0.005
+    assert abs(dec.blocks[3].attn.out_proj.weight.std().item() - 64 ** -0.5 / 4) < 0.002
+    assert abs(dec.blocks[3].mlp.out_proj.weight.std().item() - hidden ** -0.5 / 4) < 0.002
+    gpt2 = make_decoder(dim=64, depth=8, heads=4, init="gpt2")
+    assert abs(gpt2.blocks[3].attn.out_proj.weight.std().item() - 0.02 / 4) < 0.001
+    assert abs(gpt2.blocks[3].mlp.out_proj.weight.std().item() - 0.02 / 4) < 0.001
+    assert abs(gpt2.blocks[3].attn.qkv.weight.std().item() - 0.02) < 0.002
+    with pytest.raises(MMDialogError, match="model.decoder.init must be fan_in or gpt2"):
+        make_decoder(init="xavier")
 
 
 @torch.no_grad()

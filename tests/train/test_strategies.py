@@ -123,11 +123,14 @@ def test_lora_checkpoint_chats(tiny_world, tmp_path):
 
 
 def test_accumulation_gives_the_big_batch_gradient(tiny_world, tmp_path):
-    a, _, _, ra = run(smoke_config("train.max_steps=3"), tiny_world, tmp_path / "a")
-    b, _, _, rb = run(smoke_config("train.max_steps=3", "train.grad_accum=2"), tiny_world, tmp_path / "b")
+    # AdamW: Muon's update is blind to the gradient's scale (a wrong normalisation would not show) and
+    # orthogonalises in bf16 (fp32-rounding differences of the gradients grow to ~1e-4 in the weights).
+    opt, atol = "train.optimizer=adamw", 1e-6
+    a, _, _, ra = run(smoke_config("train.max_steps=3", opt), tiny_world, tmp_path / "a")
+    b, _, _, rb = run(smoke_config("train.max_steps=3", "train.grad_accum=2", opt), tiny_world, tmp_path / "b")
     assert [l for _, l in ra.losses] == pytest.approx([l for _, l in rb.losses], rel=1e-5)
     for k, v in a.state_dict().items():
-        assert torch.allclose(v, b.state_dict()[k], atol=1e-6), k
+        assert torch.allclose(v, b.state_dict()[k], atol=atol), k
 
 
 def test_packed_training_follows_padded_training(tiny_world, tmp_path):
