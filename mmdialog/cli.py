@@ -27,7 +27,8 @@ def cmd_world(args) -> None:
     summary = generate_world(Path(args.out), dialogues=args.dialogues, seed=args.seed, image_size=args.image_size,
                              rounds=args.rounds, held_out=args.held_out or (),
                              held_out_dialogues=args.held_out_dialogues, long_rounds=args.long_rounds,
-                             modalities=args.modalities, media_dialogues=args.media_dialogues)
+                             modalities=args.modalities, media_dialogues=args.media_dialogues,
+                             phrasing=args.phrasing)
     print(json.dumps(summary, indent=2))
 
 
@@ -292,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "this changes train/val/test), paraphrase (test_paraphrase: questions in unseen "
                          "wordings), or all")
     sp.add_argument("--held-out-dialogues", type=int, help="dialogues per held-out split (default: as many as test)")
+    sp.add_argument("--phrasing", choices=["ordinary", "canonical"], default="ordinary",
+                    help="ordinary (default): questions in the wordings and forms people type (color/colour, "
+                         "objects/things, big/large, lower case, no '?', short follow-ups) and a few turns not about "
+                         "the picture; canonical: every question in its template's words")
     sp.add_argument("--long-rounds", type=int, help="question rounds of test_long (default and minimum: 2 x --rounds)")
     sp.add_argument("--modalities", default="image", metavar="LIST",
                     help="image (default: the picture world only), or with audio and/or video (e.g. image,audio,video "

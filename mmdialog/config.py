@@ -85,6 +85,8 @@ class WorldConfig:
     dialogues: int = 6000
     seed: int = 0
     image_size: int = 64
+    phrasing: str = "ordinary"  # ordinary (as people type, and a few turns not about the picture) | canonical
+    held_out: tuple[str, ...] = ()  # held-out test splits to add: long, combos, paraphrase (data/worlds/shapes/heldout.py)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from mmdialog.eval.lab import run_lab
 from mmdialog.eval.multiturn import normalise
 from mmdialog.eval.plots import plot_run
 from mmdialog.eval.report import build_report
-from mmdialog.eval.run import write_outputs
+from mmdialog.eval.run import heldout_metrics, write_outputs
 from mmdialog.explain import explain_dialogue
 from mmdialog.model import count_parameters
 from mmdialog.train.trainer import prepare, train
@@ -34,7 +34,7 @@ def ensure_world(cfg: Config, out: Path, progress: bool = True, log=print) -> Pa
     if not (world / "world.json").is_file():
         t = time.perf_counter()
         generate_world(world, dialogues=cfg.world.dialogues, seed=cfg.world.seed, image_size=cfg.world.image_size,
-                       progress=progress)
+                       phrasing=cfg.world.phrasing, held_out=cfg.world.held_out, progress=progress)
         log(f"world: {cfg.world.dialogues} dialogues in {time.perf_counter() - t:.1f}s -> {world}")
     return world
 
@@ -71,6 +71,9 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
                   own_history=DEMO_OWN_HISTORY, ranking=DEMO_RANKING, ablation_dialogues=DEMO_ABLATIONS,
                   progress=progress)
     summary = lab.metrics
+    held = heldout_metrics(model, processor, world, max_new_tokens=cfg.eval.max_new_tokens, progress=progress)
+    if held:
+        summary["heldout"] = held
     eval_seconds = time.perf_counter() - t
     log(f"evaluated {len(records)} dialogues in {eval_seconds:.0f}s "
         + ", ".join(f"{k} {v:.0f}s" for k, v in summary["eval"]["seconds"].items()))

@@ -68,10 +68,11 @@ def _number(x) -> bool:
 
 
 class Sampler:
-    """Next token from logits (V,), with `banned` ids (padding, placeholders, role tokens) never chosen."""
+    """Next token from logits (V,), with `banned` ids (padding, placeholders, role tokens) never chosen, and
+    `end_id` (when given) never chosen as a reply's first token: a reply is never empty."""
 
-    def __init__(self, params: SamplingParams, banned: list[int] = ()):
-        self.params = params
+    def __init__(self, params: SamplingParams, banned: list[int] = (), end_id: int | None = None):
+        self.params, self.end_id = params, end_id
         self.banned = torch.tensor(sorted(set(banned)), dtype=torch.long)
         self.generator = None
         if not params.greedy:
@@ -83,6 +84,8 @@ class Sampler:
         logits = logits.float().cpu().clone()  # (V,)
         if len(self.banned):
             logits[self.banned[self.banned < logits.numel()]] = float("-inf")
+        if not reply and self.end_id is not None:
+            logits[self.end_id] = float("-inf")
         if p.repetition_penalty != 1.0 and reply:
             seen = torch.tensor(sorted(set(reply)), dtype=torch.long)
             vals = logits[seen]

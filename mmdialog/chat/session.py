@@ -242,7 +242,7 @@ class ChatSession:
     def _decode(self, before: dict, params: SamplingParams, logits: torch.Tensor, reply: Reply,
                 commit: bool, t0: float) -> Iterator[str]:
         tok = self.processor.tokenizer
-        sampler = Sampler(params, self.banned)
+        sampler = Sampler(params, self.banned, end_id=tok.end_id)  # never an empty reply
         stream = TextStream(tok.decode, params.stop)
         room = self.model.decoder.max_seq_len - len(self.cached_ids)  # positions left after the prompt
         done = False

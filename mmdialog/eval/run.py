@@ -102,7 +102,7 @@ def run_eval(checkpoints: list[str], out: str | Path, *, world: str | None = Non
                 d = out / "worlds" / f"seed-{s}"
                 if not (d / f"{split}.jsonl").is_file() or len(load_split(d, split)) != n:
                     write_split(d, split, n, seed=s, image_size=settings.get("image_size", 64),
-                                rounds=settings.get("rounds", 8))
+                                rounds=settings.get("rounds", 8), phrasing=settings.get("phrasing", "canonical"))
                 datasets.append((f"seed{s}", d, load_split(d, split)))
         else:
             records = load_split(wdir, split)

@@ -7,7 +7,7 @@ pass over the whole gold conversation (the causal mask keeps each round from see
 batch of dialogues by one batched pass. The rules that make it the same as `ChatSession.generate`:
 
 - the argmax is taken over the tokens the session may sample (padding, <|bos|>, role and media tokens
-  are banned), exactly as its greedy sampler does;
+  are banned, and <|end|> as a reply's first token), exactly as its greedy sampler does;
 - a reply of n tokens needs <|end|> at position n+1 only if max_new_tokens > n (the session stops at
   max_new_tokens without producing <|end|>); a gold reply longer than max_new_tokens can never be produced.
 
@@ -120,6 +120,7 @@ class TeacherForcedScorer:
         sel = logits[bi, pi].float()  # (N, V)
         logp = torch.log_softmax(sel, dim=-1)
         sel[:, self.banned] = float("-inf")
+        sel[[first for _, _, first in where], self.end_id] = float("-inf")  # the session never replies with nothing
         argmax = sel.argmax(-1).tolist()
         targets = torch.tensor([t for _, toks, _ in where for t in toks], device=device)
         gold_logp = logp.gather(1, targets[:, None])[:, 0].tolist()

@@ -15,8 +15,8 @@ from mmdialog.data.worlds.shapes.scene import COLOURS, SHAPES
 from mmdialog.errors import MMDialogError
 
 # sha256 over (relative path, bytes) of every file of generate_world(dialogues=30, seed=3), as written
-# before held-out splits existed: the default world must keep these bytes.
-DEFAULT_WORLD_SHA = "01818744e00df7df0eda713596ec04296ce4b465c3ba0bf7df9e25b7c7dad953"
+# with ordinary phrasing and chat turns (2026-12-06): the default world must keep these bytes.
+DEFAULT_WORLD_SHA = "0e8d40a02d7cd8ef49b77a89e71195d423603c7c2884617e69e938d20328bbff"
 
 
 def tree_hash(root: Path, skip=()) -> str:
@@ -103,9 +103,12 @@ def test_paraphrases_are_new_wordings_of_the_same_rounds(world):
         assert r["templates"] == "paraphrase"
         for rd in r["rounds"][1:]:
             assert rd["question"] in paraphrases(rd["program"], rd["ref"])
+            if rd["family"] == "chat":  # not about the picture: kept as it is
+                continue
             assert rd["question"] != question_text(rd["program"], rd["ref"]) and rd["question"] not in default
             changed += 1
-    assert changed == 12 * 8
+    chats = sum(rd["family"] == "chat" for r in recs for rd in r["rounds"])
+    assert changed == 12 * 8 - chats and changed > 80
     # the same draw without paraphrase gives the same scene, programs and answers
     plain, _ = make_dialogue(3, "test_paraphrase", 0)
     assert [rd["answer"] for rd in plain["rounds"]] == [rd["answer"] for rd in recs[0]["rounds"]]

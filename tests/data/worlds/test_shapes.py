@@ -14,6 +14,7 @@ from mmdialog.data.conversation import Image
 from mmdialog.data.worlds.shapes import (
     check_record, generate_world, load_split, make_dialogue, record_to_conversation, render, summarize,
 )
+from mmdialog.data.worlds.shapes.dialogue import CHAT
 from mmdialog.data.worlds.shapes.scene import COLOURS, Scene
 from mmdialog.errors import MMDialogError
 
@@ -70,6 +71,8 @@ def read_dialogue(record) -> None:
                 desc = desc_from(m.groups()[1:])
                 target, learned = the(desc), set(desc)
             family, ref, answer = "caption", "none", rd["answer"]
+        elif chat := [kind for kind, (said, _) in CHAT.items() if q in said]:  # not about the picture
+            family, ref, answer = "chat", "none", CHAT[chat[0]][1]
         elif m := re.fullmatch(rf"How many {PLURAL_RE} are there\?", q):
             count_filter[i] = plural_from(m.groups())
             family, ref = "count", "none"
@@ -143,7 +146,7 @@ def read_dialogue(record) -> None:
         assert rd["answer"] == answer, f"{where}: answer {rd['answer']!r}, the scene says {answer!r}"
         assert (rd["family"], rd["ref"]) == (family, ref), where
         assert rd["depends_on"] == dep and rd["distance"] == (0 if dep is None else i - dep), where
-        assert rd["scored"] == (family not in ("caption", "statement")), where
+        assert rd["scored"] == (family not in ("caption", "statement", "chat")), where
         focus.append(target)
         if target is not None:
             talked[target] = i
@@ -152,7 +155,8 @@ def read_dialogue(record) -> None:
 
 @pytest.fixture(scope="module")
 def records():
-    return [make_dialogue(SEED, "train", i)[0] for i in range(N_CHECKED)]
+    # canonical phrasing: read_dialogue parses the templates' words (test_ordinary_phrasing covers the rest)
+    return [make_dialogue(SEED, "train", i, phrasing="canonical")[0] for i in range(N_CHECKED)]
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +377,31 @@ def test_regenerating_a_smaller_world_in_place_leaves_no_stale_images(tmp_path):
     assert pngs == sorted(json.loads(line)["image"].split("/")[-1] for s in ("train", "val", "test")
                           for line in (tmp_path / f"{s}.jsonl").read_text().splitlines())
     assert len(pngs) == 10
+
+
+def test_ordinary_phrasing_types_like_people_and_keeps_the_programs():
+    """phrasing=ordinary (the default) asks the same programs, with the same answers, in the wordings and
+    surface forms people type; check_record proves every one right, and turns not about the picture get
+    their short honest answer."""
+    from mmdialog.data.worlds.shapes.wording import canonical, wordings
+
+    seen, chats = [], 0
+    for i in range(200):
+        plain, ordinary = make_dialogue(SEED, "train", i, phrasing="canonical")[0], make_dialogue(SEED, "train", i)[0]
+        check_record(ordinary)
+        assert [(rd["program"], rd["answer"]) for rd in plain["rounds"]] == \
+            [(rd["program"], rd["answer"]) for rd in ordinary["rounds"]]
+        for rd in ordinary["rounds"][1:]:
+            seen.append(rd["question"])
+            assert canonical(rd["question"]) in {canonical(w) for w in wordings(rd["program"], rd["ref"])}
+            if rd["family"] == "chat":
+                chats += 1
+                assert rd["answer"] == CHAT[rd["program"]["kind"]][1] and not rd["scored"]
+    text = " ".join(seen)
+    for typed in (" color ", " colour ", " objects", " things", " big ", " large ", "And its "):
+        assert typed in text, typed
+    assert sum(q == q.lower() for q in seen) > 0.15 * len(seen)  # lower case
+    assert sum(not q.endswith(("?", ".", "!")) for q in seen) > 0.15 * len(seen)  # no final punctuation
+    assert 0.03 * 200 < chats < 0.5 * 200
+    with pytest.raises(MMDialogError, match="phrasing must be"):
+        make_dialogue(SEED, "train", 0, phrasing="fancy")

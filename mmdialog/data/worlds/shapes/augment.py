@@ -34,8 +34,8 @@ from mmdialog.data.worlds.shapes.io import heldout_info
 from mmdialog.data.worlds.shapes.scene import GRID, VALUES, Scene, quadrant
 from mmdialog.data.worlds.shapes.variants import draw_colour_swap, paraphrase_for_training, swap_pixels
 
-_SIDES = re.compile(r"\b(left|right|Left|Right)\b")
-_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
+_SIDES = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
+_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
 
 
 def swap_sides(text: str) -> str:

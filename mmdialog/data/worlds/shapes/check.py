@@ -10,8 +10,9 @@ earlier"), and that depends_on, distance and scored say what the round needs.
 
 from __future__ import annotations
 
-from mmdialog.data.worlds.shapes.dialogue import CAPTION_QUESTION, FAR_FORMS, answer_of, question_text
+from mmdialog.data.worlds.shapes.dialogue import CAPTION_QUESTION, CHAT, FAR_FORMS, answer_of, question_text
 from mmdialog.data.worlds.shapes.heldout import paraphrases
+from mmdialog.data.worlds.shapes.wording import is_wording
 from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, Scene
 from mmdialog.errors import MMDialogError
 
@@ -44,11 +45,11 @@ def check_record(record: dict) -> None:
         if paraphrased:
             if rd["question"] not in paraphrases(p, ref):
                 fail(f"question should read one of {paraphrases(p, ref)!r}")
-        elif rd["question"] != question_text(p, ref):
-            fail(f"question should read {question_text(p, ref)!r}")
+        elif not is_wording(rd["question"], p, ref):
+            fail(f"question should read {question_text(p, ref)!r} or another of its wordings (wording.py)")
         if rd["answer"] != answer_of(p, scene, named):
             fail(f"answer {rd['answer']!r} should be {answer_of(p, scene, named)!r}")
-        if rd["scored"] != (op not in ("caption", "name")):
+        if rd["scored"] != (op not in ("caption", "name", "chat")):
             fail(f"scored is {rd['scored']}")
         if rd["distance"] != (0 if rd["depends_on"] is None else i - rd["depends_on"]):
             fail(f"distance {rd['distance']} does not match depends_on {rd['depends_on']}")
@@ -142,13 +143,17 @@ def check_record(record: dict) -> None:
             target, depends = p["target"], names[name][2]
             if i - depends < 2:
                 fail("recalls the name given in the previous round")
+        elif op == "chat":
+            if p["kind"] not in CHAT or p["text"] not in CHAT[p["kind"]][0]:
+                fail(f"chat turn {p} is none of dialogue.CHAT")
         else:
             fail(f"unknown op {op!r}")
 
         if rd["depends_on"] != depends:
             fail(f"depends_on is {rd['depends_on']}, should be {depends}")
         expected = {"caption": ("caption", "none"), "count": ("count", None), "exist": ("exist", "none"),
-                    "query": ("attribute", None), "name": ("statement", "none"), "recall": ("memory", "memory")}[op]
+                    "query": ("attribute", None), "name": ("statement", "none"), "recall": ("memory", "memory"),
+                    "chat": ("chat", "none")}[op]
         if rd["family"] != expected[0] or (expected[1] is not None and ref != expected[1]):
             fail(f"family/ref {rd['family']}/{ref} for a {op}")
         focus.append(target)

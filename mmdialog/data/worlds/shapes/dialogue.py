@@ -35,9 +35,24 @@ TEMPLATE_WEIGHTS = {
     "pronoun": 1.5, "ellipsis_attribute": 1.0, "ellipsis_count": 1.5, "group": 3.0,  # distance 1
     "far": 3.0, "memory": 2.0, "name_attribute": 1.0,  # distance >= 2 (name_attribute: >= 1)
     "statement": 0.7,  # "Let's call ... Max.": not a question, makes memory / name questions possible
+    "chat": 0.25,  # "Hello!", "What can you do?": not about the picture, a short honest answer (not scored)
 }
 
-FAMILIES = ("caption", "statement", "count", "exist", "attribute", "memory")
+# Turns that are not about the picture: kind -> (what people say, the answer)
+CHAT = {  # kind -> (questions, the answer)
+    "greeting": (("Hello!", "Hi", "hello, who are you?", "Hey there!", "Good morning."),
+                 "Hello! I answer questions about the picture."),
+    "identity": (("Who are you?", "What are you?", "Are you a person?"),
+                 "I am a small model that answers questions about the picture."),
+    "abilities": (("What can you do?", "What can I ask you?", "How can you help me?"),
+                  "I can count the shapes and tell their colour, size, shape and position."),
+    "thanks": (("Thanks!", "Thank you.", "thanks a lot"), "You are welcome."),
+    "offtopic": (("What is the weather like today?", "Tell me a joke.", "What time is it?",
+                  "Can you write me a poem?"), "I can only answer questions about the picture."),
+}
+
+
+FAMILIES = ("caption", "statement", "chat", "count", "exist", "attribute", "memory")
 REFS = ("none", "pronoun", "ellipsis", "group", "far", "name", "memory")
 
 
@@ -68,6 +83,8 @@ def question_text(program: dict, ref: str) -> str:
     op = program["op"]
     if op == "caption":
         return CAPTION_QUESTION
+    if op == "chat":
+        return program["text"]
     if op == "count":
         f = program["filter"]
         if ref == "ellipsis":
@@ -111,6 +128,8 @@ def answer_of(program: dict, scene: Scene, names: dict[int, str]) -> str:
         return scene.objects[program["target"]].get(program["attr"])
     if op == "name":
         return "OK."
+    if op == "chat":
+        return CHAT[program["kind"]][1]
     if op == "recall":
         return names[program["target"]]
     raise ValueError(f"unknown program op {op!r}")
@@ -361,6 +380,13 @@ class _Dialogue:
         self.named[o] = name
         return self._add(question_text(program, "none"), "OK.", "statement", "none", None, program, o, desc,
                          scored=False)
+
+    def t_chat(self, i: int) -> bool:
+        if any(rd["family"] == "chat" for rd in self.records):
+            return False  # at most one per dialogue
+        kind = self.d.choice(sorted(CHAT))
+        program = {"op": "chat", "kind": kind, "text": self.d.choice(CHAT[kind][0])}
+        return self._add(program["text"], CHAT[kind][1], "chat", "none", None, program, None, scored=False)
 
     def t_memory(self, i: int) -> bool:
         cands = [n for n, (_, _, r) in self.names.items() if i - r >= 2 and n not in self.recalled]

@@ -89,6 +89,8 @@ def paraphrases(program: dict, ref: str) -> list[str]:
     op = program["op"]
     if op == "caption":
         return [CAPTION_QUESTION]
+    if op == "chat":
+        return [program["text"]]  # not about the picture: as it was
     if op == "count":
         f = program["filter"]
         if ref == "ellipsis":

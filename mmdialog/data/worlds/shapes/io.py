@@ -24,6 +24,7 @@ from mmdialog.data.worlds.shapes.heldout import (
 )
 from mmdialog.data.worlds.shapes.media_io import generate_media, parse_modalities
 from mmdialog.data.worlds.shapes.render import encode_png, render
+from mmdialog.data.worlds.shapes.wording import PHRASINGS, ordinary
 from mmdialog.data.worlds.shapes.scene import (
     COLOURS, GRID, MAX_OBJECTS, MIN_OBJECTS, POSITIONS, SHAPES, SIZES, Draws, check_image_size, sample_scene,
 )
@@ -35,7 +36,8 @@ SPLITS = ("train", "val", "test")
 
 
 def make_dialogue(seed: int, split: str, index: int, *, image_size: int = 64, rounds: int = 8,
-                  exclude_pairs=None, require_pairs=None, paraphrase: bool = False) -> tuple[dict, PILImage.Image]:
+                  exclude_pairs=None, require_pairs=None, paraphrase: bool = False,
+                  phrasing: str = "ordinary") -> tuple[dict, PILImage.Image]:
     """One record and its image, in memory. Depends only on (seed, split, index, image_size, rounds) and
     the held-out options (heldout.py; all off by default).
 
@@ -52,6 +54,11 @@ def make_dialogue(seed: int, split: str, index: int, *, image_size: int = 64, ro
               "rounds": generate_dialogue(scene, draws, rounds)}
     if paraphrase:  # its own generator: the scene and the programs stay those of the unparaphrased draw
         record = paraphrase_record(record, Draws(np.random.default_rng([seed, SPLIT_IDS[split], index, 1])))
+    elif phrasing == "ordinary":  # as people type (wording.py), drawn apart: the programs stay the same
+        draws = Draws(np.random.default_rng([seed, SPLIT_IDS[split], index, 2]))
+        record["rounds"] = [{**rd, "question": ordinary(rd["program"], rd["ref"], draws)} for rd in record["rounds"]]
+    elif phrasing != "canonical":
+        raise MMDialogError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
     return record, render(scene)
 
 
@@ -90,14 +97,14 @@ class _Tally:
 
         return {"questions": total,
                 "by_distance": shares(self.dist, ("0", "1", "2", "3+")),
-                "by_family": shares(self.fam, [f for f in FAMILIES if f not in ("caption", "statement")]),
+                "by_family": shares(self.fam, [f for f in FAMILIES if f not in ("caption", "statement", "chat")]),
                 "by_ref": shares(self.ref, REFS)}
 
 
 def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, rounds: int = 8,
                    splits=(0.8, 0.1, 0.1), progress: bool = True, held_out=(),
                    held_out_dialogues: int | None = None, long_rounds: int | None = None,
-                   modalities=("image",), media_dialogues: int | None = None) -> dict:
+                   modalities=("image",), media_dialogues: int | None = None, phrasing: str = "ordinary") -> dict:
     """Write a world of `dialogues` dialogues to out_dir; the same arguments give the same bytes.
 
     held_out: kinds of held-out test splits to add ("long", "combos", "paraphrase"; see heldout.py), each of
@@ -108,6 +115,9 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     dialogues are written too: WORLD/media/{train,val,test}.jsonl with pictures, beeps and clips in later
     turns (media_io.py; media_dialogues of them, default: as many as `dialogues`, split the same way).
     Without them the files are exactly those of earlier versions.
+
+    phrasing: ordinary (questions in the wordings and surface forms people type, and a few turns not about
+    the picture; wording.py) | canonical (every question in its template's words: question_text).
 
     Returns {"counts": {split: n}, "questions", "by_distance", "by_family", "by_ref", "seconds"}, plus
     "heldout": {split: n} with held-out splits.
@@ -136,9 +146,11 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     if "long" in kinds and (not isinstance(long_rounds, int) or long_rounds < 2 * rounds):
         raise MMDialogError(f"long_rounds must be at least twice the training rounds (2 x {rounds}), got {long_rounds!r}")
     pairs = heldout_pairs(seed) if "combos" in kinds else None
-    options = {split: {"rounds": rounds, "exclude_pairs": pairs} for split in SPLITS}
+    if phrasing not in PHRASINGS:
+        raise MMDialogError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
+    options = {split: {"rounds": rounds, "exclude_pairs": pairs, "phrasing": phrasing} for split in SPLITS}
     options.update({KINDS[k]: {"rounds": long_rounds if k == "long" else rounds, "require_pairs": pairs if k == "combos" else None,
-                               "paraphrase": k == "paraphrase"} for k in kinds})
+                               "paraphrase": k == "paraphrase", "phrasing": phrasing} for k in kinds})
     out = Path(out_dir)
     start = time.perf_counter()
     tally = _Tally()
@@ -165,6 +177,7 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     world = {
         "format": FORMAT, "version": VERSION, "seed": seed, "counts": counts,
         "settings": {"image_size": image_size, "rounds": rounds, "splits": list(splits), "grid": GRID,
+                     "phrasing": phrasing,
                      "objects": [MIN_OBJECTS, MAX_OBJECTS], "max_names": MAX_NAMES,
                      "template_weights": TEMPLATE_WEIGHTS},
         "vocabulary": {"shapes": list(SHAPES), "colours": {k: list(v) for k, v in COLOURS.items()},
@@ -190,14 +203,15 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     return summary
 
 
-def write_split(out_dir, split: str, count: int, *, seed: int, image_size: int = 64, rounds: int = 8) -> Path:
+def write_split(out_dir, split: str, count: int, *, seed: int, image_size: int = 64, rounds: int = 8,
+                phrasing: str = "ordinary") -> Path:
     """Write one split alone (its JSONL and images) into out_dir, e.g. a fresh test sample drawn with another
     seed (`mmdialog eval --seeds`); the records are those generate_world writes for the same arguments."""
     out = Path(out_dir)
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
         for i in range(count):
-            record, image = make_dialogue(seed, split, i, image_size=image_size, rounds=rounds)
+            record, image = make_dialogue(seed, split, i, image_size=image_size, rounds=rounds, phrasing=phrasing)
             (out / record["image"]).write_bytes(encode_png(image))
             f.write(json.dumps(record, sort_keys=True) + "\n")
     return out
@@ -282,7 +296,7 @@ def _validate(rec) -> None:
             raise _Bad(f"round {r} field 'distance' is {rd['distance']}, but depends_on is {dep}")
         if (r == 0) != (rd["family"] == "caption"):
             raise _Bad(f"round {r} field 'family' is {rd['family']!r}: round 0, and only it, is the caption")
-        if rd["scored"] == (rd["family"] in ("caption", "statement")):
+        if rd["scored"] == (rd["family"] in ("caption", "statement", "chat")):
             raise _Bad(f"round {r} field 'scored' is {rd['scored']} for a {rd['family']} round")
     if rec["rounds"][0]["question"] != CAPTION_QUESTION:
         raise _Bad(f"round 0 field 'question' should be {CAPTION_QUESTION!r}")

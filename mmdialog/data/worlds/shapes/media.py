@@ -33,9 +33,9 @@ from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, VALUES, Draws, Scene, 
 KINDS = ("mixed", "motion")
 MODALITIES = ("image", "audio", "video")
 SEGMENTS = {"image": "picture", "audio": "beeps", "video": "clip"}  # what a later turn can bring, per modality
-FAMILIES = ("caption", "statement", "count", "exist", "attribute", "memory", "motion", "beeps", "compare", "cross")
+FAMILIES = ("caption", "statement", "chat", "count", "exist", "attribute", "memory", "motion", "beeps", "compare", "cross")
 REFS = ("none", "pronoun", "ellipsis", "group", "far", "name", "memory", "media", "count")
-IMAGE_OPS = ("caption", "count", "exist", "query", "name", "recall")  # the picture world's programs (dialogue.py)
+IMAGE_OPS = ("caption", "count", "exist", "query", "name", "recall", "chat")  # the picture world's programs (dialogue.py)
 
 CLIP_CAPTION = "Describe the clip."
 LEADS = {"beep_count": "Now listen", "move_count": "Now watch this clip", "picture_count": "Now look at this picture"}

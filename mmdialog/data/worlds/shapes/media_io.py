@@ -124,7 +124,7 @@ class _Tally:
 
         return {"questions": total, "kinds": dict(sorted(self.kind.items())), "media": dict(sorted(self.items.items())),
                 "by_distance": shares(self.dist, ("0", "1", "2", "3+")),
-                "by_family": shares(self.fam, [f for f in FAMILIES if f not in ("caption", "statement")]),
+                "by_family": shares(self.fam, [f for f in FAMILIES if f not in ("caption", "statement", "chat")]),
                 "by_ref": shares(self.ref, REFS)}
 
 

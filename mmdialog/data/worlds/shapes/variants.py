@@ -26,12 +26,17 @@ import re
 import numpy as np
 
 from mmdialog.data.worlds.shapes.check import check_record
-from mmdialog.data.worlds.shapes.dialogue import CAPTION_QUESTION, phrase, plural, question_text
+from mmdialog.data.worlds.shapes.dialogue import question_text
 from mmdialog.data.worlds.shapes.scene import COLOURS
+from mmdialog.data.worlds.shapes.wording import is_wording, train_paraphrases, wordings  # noqa: F401 (re-exported)
 from mmdialog.errors import MMDialogError
 
 TRAIN_TEMPLATES = "train-paraphrase"  # the record's "templates" after paraphrase_for_training
-_COLOUR_WORDS = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+_COLOUR_WORDS = re.compile(r"\b(" + "|".join(COLOURS) + r")\b", re.IGNORECASE)  # questions may be typed in any case
+
+
+def _same_case(new: str, old: str) -> str:
+    return new.upper() if old.isupper() else new.capitalize() if old[0].isupper() else new
 
 
 # ----------------------------------------------------------------------------- colour swap
@@ -62,7 +67,7 @@ def colour_swaps(record: dict, forbidden_pairs=()) -> list[tuple[str, str]]:
 
 def _swap_values(x, swap: dict[str, str]):
     if isinstance(x, str):
-        return _COLOUR_WORDS.sub(lambda m: swap.get(m.group(1), m.group(1)), x)
+        return _COLOUR_WORDS.sub(lambda m: _same_case(swap.get(m.group(1).lower(), m.group(1).lower()), m.group(1)), x)
     if isinstance(x, dict):
         return {k: _swap_values(v, swap) for k, v in x.items()}
     if isinstance(x, list):
@@ -102,60 +107,13 @@ def draw_colour_swap(record: dict, rng: random.Random, p: float, forbidden_pairs
 
 # ----------------------------------------------------------------------------- training paraphrases
 
-def _attr(attr: str, subject: str) -> list[str]:
-    if attr == "position":
-        return [f"Whereabouts is {subject}?", f"Where is {subject} located?"]
-    if subject == "it":
-        return [f"Which {attr} does it have?", f"Say which {attr} it has."]
-    return [f"Which {attr} does {subject} have?", f"Say which {attr} {subject} has."]
-
-
-def train_paraphrases(program: dict, ref: str) -> list[str]:
-    """The training wordings of a round: never question_text's, never heldout.paraphrases' (test_paraphrase)."""
-    op = program["op"]
-    if op == "caption":
-        return [CAPTION_QUESTION]
-    if op == "count":
-        f = program["filter"]
-        if ref == "ellipsis":
-            a = program["swapped"]
-            what = f"{f[a]}s" if a == "shape" else f"{f[a]} ones"
-            return [f"Same question for {what}.", f"Then what is the count for {what}?"]
-        if ref == "group":
-            a = program["added"]
-            what = f[a] + "s" if a == "shape" else f[a]
-            return [f"Among them, how many are {what}?", f"What number of them are {what}?"]
-        return [f"What is the number of {plural(f)}?", f"Tell me how many {plural(f)} there are."]
-    if op == "exist":
-        what = phrase(program["filter"])
-        return [f"Does the picture contain a {what}?", f"Is a {what} present?"]
-    if op == "query":
-        attr = program["attr"]
-        if ref == "pronoun":
-            return _attr(attr, "it")
-        if ref == "ellipsis":
-            return [f"Same question for the {phrase(program['desc'])}.", f"The same for the {phrase(program['desc'])}?"]
-        if ref == "far":
-            return _attr(attr, f"the {phrase(program['desc'])} from earlier")
-        if ref == "name":
-            return _attr(attr, program["name"])
-        return _attr(attr, f"the {phrase(program['desc'])}")
-    if op == "name":
-        return [f"From now on the {phrase(program['desc'])} is {program['name']}.",
-                f"We will refer to the {phrase(program['desc'])} as {program['name']}."]
-    if op == "recall":
-        return [f"Which name does the {phrase(program['desc'])} have?",
-                f"Remind me what we named the {phrase(program['desc'])}."]
-    raise ValueError(f"unknown program op {op!r}")
-
-
 def paraphrase_for_training(record: dict, rng: random.Random, p: float) -> dict:
     """The record with each question (but the caption's), with probability p, in one of its training wordings."""
     if not p:
         return record
     rounds, changed = [], False
     for rd in record["rounds"]:
-        if rd["program"]["op"] != "caption" and rng.random() < p:
+        if rd["program"]["op"] not in ("caption", "chat") and rng.random() < p:
             rd = {**rd, "question": rng.choice(train_paraphrases(rd["program"], rd["ref"]))}
             changed = True
         rounds.append(rd)
@@ -171,9 +129,7 @@ def check_variant(record: dict) -> None:
     canonical = []
     for i, rd in enumerate(record["rounds"]):
         p, ref = rd["program"], rd["ref"]
-        allowed = [question_text(p, ref)] + (train_paraphrases(p, ref) if record.get("templates") == TRAIN_TEMPLATES
-                                             else [])
-        if rd["question"] not in allowed:
-            raise MMDialogError(f"{record.get('id')} round {i}: {rd['question']!r} is none of {allowed!r}")
+        if not is_wording(rd["question"], p, ref):
+            raise MMDialogError(f"{record.get('id')} round {i}: {rd['question']!r} is none of {wordings(p, ref)!r}")
         canonical.append({**rd, "question": question_text(p, ref)})
     check_record({k: v for k, v in record.items() if k != "templates"} | {"rounds": canonical})
