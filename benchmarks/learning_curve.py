@@ -104,7 +104,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
         if step in eval_at:
             curve[step] = score(model, processor, val, world, cfg.eval.max_new_tokens)
             print(f"[{name}] step {step}: {curve[step]['gold_history']['overall']:.3f} "
-                  f"(loss {float(loss / weight):.3f}, {time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+                  f"(loss {float(loss.detach() / weight):.3f}, {time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
     return {"name": name, "overrides": overrides, "seed": args.seed, "steps": args.steps, "val": len(val),
             "steps_per_second": round(args.steps / train_seconds, 2), "curve": curve}
 

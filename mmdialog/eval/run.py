@@ -21,7 +21,7 @@ from pathlib import Path
 from mmdialog.data.worlds.shapes import heldout_info, load_split, touches_pairs, world_settings, write_split
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import LastN
-from mmdialog.eval.lab import DEFAULT_ABLATIONS, LabResult, aggregate, difference, run_lab, teacher_forced_rows, \
+from mmdialog.eval.lab import DEFAULT_ABLATIONS, LabResult, aggregate, difference, run_lab, teacher_forced_rows, usable_records, \
     write_rows
 from mmdialog.eval.contexts import Context, record_image
 from mmdialog.eval.multiturn import summarise
@@ -44,12 +44,16 @@ def heldout_metrics(model, processor, world: Path, *, max_new_tokens: int, max_d
         if max_dialogues:
             records = records[:max_dialogues]
         images = {r["id"]: record_image(r, world) for r in records}
+        records, skipped = usable_records(processor, records, images)  # longer than the model's context: counted
+        if not records:
+            out[split] = {"skipped": len(skipped), "rounds": meta.get("rounds"), "description": meta.get("description")}
+            continue
         annotate = (lambda rec, r: {"heldout_pair": touches_pairs(rec, r, pairs)}) if pairs and split == "test_combos" else None
         gold_rows = teacher_forced_rows(scorer, Context(), records, images, progress=progress, annotate=annotate)
         none_rows = teacher_forced_rows(scorer, LastN(0), records, images, progress=progress)
         gold, none = summarise(gold_rows), summarise(none_rows)
         m = {**gold, "no_history": none, "history_gain": difference(gold, none), "rounds": meta.get("rounds"),
-             "description": meta.get("description")}
+             "description": meta.get("description"), "skipped": len(skipped)}
         if annotate:
             for key, want in (("pair_questions", True), ("other_questions", False)):
                 rows = [r for r in gold_rows if r["heldout_pair"] == want]
