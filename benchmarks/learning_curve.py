@@ -50,6 +50,7 @@ def score(model, processor, records, world, max_new_tokens: int) -> dict:
     model.eval()
     scorer = TeacherForcedScorer(model, processor, max_new_tokens=max_new_tokens)
     images = {r["id"]: record_image(r, world) for r in records}
+    asked = {(r["id"], rd["round"]): rd["program"].get("attr") for r in records for rd in r["rounds"]}
     out = {}
     for ctx in (Context(), NoMedia()):
         rows = teacher_forced_rows(scorer, ctx, records, images)
@@ -59,6 +60,9 @@ def score(model, processor, records, world, max_new_tokens: int) -> dict:
             res[f"d{b}"] = acc([r for r in rows if distance_bucket(r["distance"]) == b])
         for fam in ("count", "exist", "attribute", "memory"):
             res[fam] = acc([r for r in rows if r["family"] == fam])
+        for attr in ("colour", "shape", "size", "position"):  # attribute questions by the attribute asked
+            res[f"attribute_{attr}"] = acc([r for r in rows if r["family"] == "attribute"
+                                            and asked[(r["id"], r["round"])] == attr])
         out[ctx.name] = res
     model.train()
     return out

@@ -252,6 +252,29 @@ def cmd_export(args) -> None:
           + ", ".join(s["files"]))
 
 
+def demo_checks(m: dict) -> str:
+    """The figures the demo is judged by, on one line each: the memory family, the own-history gap, what the
+    picture is worth at distance 0 (full minus no_media), and each held-out split."""
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    acc = m["accuracy"]
+    lines = [f"memory family {f(acc['by_family'].get('memory'))}"]
+    if m.get("gap"):
+        own = m["modes"]["own_history"]["accuracy"]["overall"]
+        gold = m["modes"]["gold_history_same_dialogues"]["accuracy"]["overall"]
+        lines.append(f"on {m['gap']['dialogues']} dialogues: gold history {f(gold)}, own history {f(own)}, "
+                     f"gap {f(m['gap'].get('overall'))}")
+    nm = (m.get("ablations") or {}).get("no_media")
+    same = (m.get("modes") or {}).get("gold_history_ablation_dialogues", m["modes"]["gold_history"])
+    if nm:
+        d0, n0 = same["accuracy"]["by_distance"].get("0"), nm["accuracy"]["by_distance"].get("0")
+        lines.append(f"distance 0: full {f(d0)}, no_media {f(n0)}, the picture is worth "
+                     f"{f(d0 - n0) if d0 is not None and n0 is not None else 'n/a'}")
+    for name, h in (m.get("heldout") or {}).items():
+        lines.append(f"{name} {f((h.get('accuracy') or {}).get('overall'))}"
+                     + (f" ({h['skipped']} dialogues too long, skipped)" if h.get("skipped") else ""))
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> None:
     from mmdialog.demo import run_demo
 
@@ -261,6 +284,7 @@ def cmd_demo(args) -> None:
     print(f"\naccuracy overall {acc['overall']:.3f}; by distance "
           + ", ".join(f"{k}: {v:.3f}" for k, v in acc["by_distance"].items() if v is not None)
           + f"; needs history {acc['needs_history']:.3f}")
+    print(demo_checks(m))
     print(f"train: {m['train']['steps']} steps, {m['train']['wall_seconds']:.0f}s, {m['train']['tokens_per_second']:.0f} tokens/s; "
           f"model: {m['model']['parameters']:,} parameters")
     print(f"wrote {args.out}/metrics.json, summary.md, transcript.md, plots.png, explain/, report.html, checkpoint/")

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from mmdialog.config import TrainConfig
 from mmdialog.errors import MMDialogError
@@ -45,3 +46,34 @@ def test_precision_auto_resolves(monkeypatch):
         with trainer.autocast_context("fp16", "cpu"):
             pass
     assert trainer.resolve_precision("fp16", "cuda") == "fp16"
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny):
+    from mmdialog.train.trainer import Optimizers, make_optimizer, muon_matrices
+
+    model, _ = tiny
+    opt = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, encoder_lr_scale=0.1))
+    assert isinstance(opt, Optimizers)
+    muon, adamw = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    assert in_muon == muon_matrices(model) and in_muon
+    assert id(model.decoder.tok_embeddings.weight) not in in_muon  # embedding (and the tied head): AdamW
+    assert all(p.dim() == 2 for g in muon.param_groups for p in g["params"])
+    enc = {id(p) for p in model.encoders.parameters()}
+    assert all(g["lr_scale"] == (0.1 if id(g["params"][0]) in enc else 1.0) for g in opt.param_groups)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    # one step, then the state survives a round trip (resume)
+    model.zero_grad()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = model.decoder.blocks[0].attn.qkv.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.decoder.blocks[0].attn.qkv.weight)
+    again = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3))
+    again.load_state_dict(opt.state_dict())
+    assert again.state_dict()["optimizers"][0]["state"].keys() == opt.state_dict()["optimizers"][0]["state"].keys()
+    with pytest.raises(MMDialogError, match="train.optimizer changed"):
+        again.load_state_dict({"optimizers": [{}]})  # a checkpoint of one optimizer
+    with pytest.raises(MMDialogError, match="train.optimizer must be one of adamw, muon"):
+        make_optimizer(model, TrainConfig(optimizer="sgd"))
