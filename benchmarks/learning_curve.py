@@ -13,6 +13,8 @@ eval step, then at the last one the accuracy at distance 0 / 1 / 2 / 3+, the `me
       --variant adamw:train.optimizer=adamw --variant muon:
 
 A variant is NAME:OVERRIDE,OVERRIDE,... (config overrides as on the command line; empty: the config as is).
+`model.image.name=shapes_oracle` (benchmarks/oracle_image.py) replaces the ViT by exact per-cell labels: the
+decoder's curve alone, with the picture read perfectly.
 world.* overrides build (and cache, under --cache) a world of their own: `world.dialogues=24000` gives four
 times as many distinct pictures for the same steps (fresh vs repeated pictures). --jobs runs variants in
 parallel processes of --threads threads each. Results are appended as JSON lines to --out.
@@ -77,6 +79,8 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     from mmdialog.objectives.lm import NextTokenObjective
     from mmdialog.train.sampler import StepSampler
     from mmdialog.train.trainer import autocast_context, lr_factor, make_optimizer, prepare, resolve_precision
+
+    import oracle_image  # noqa: F401  (registers the `shapes_oracle` image encoder, for decoder-only curves)
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [f"train.seed={args.seed}", *overrides])

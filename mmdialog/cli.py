@@ -285,7 +285,8 @@ def cmd_demo(args) -> None:
           + ", ".join(f"{k}: {v:.3f}" for k, v in acc["by_distance"].items() if v is not None)
           + f"; needs history {acc['needs_history']:.3f}")
     print(demo_checks(m))
-    print(f"train: {m['train']['steps']} steps, {m['train']['wall_seconds']:.0f}s, {m['train']['tokens_per_second']:.0f} tokens/s; "
+    print(f"train: {m['train']['steps']} steps, {m['train']['wall_seconds']:.0f}s, {m['train']['tokens_per_second']:.0f} tokens/s "
+          f"in {m['train'].get('precision') or '?'}; "
           f"model: {m['model']['parameters']:,} parameters")
     print(f"wrote {args.out}/metrics.json, summary.md, transcript.md, plots.png, explain/, report.html, checkpoint/")
 

@@ -81,6 +81,7 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
         **summary,
         "train": {"wall_seconds": result.wall_seconds, "steps": result.steps, "tokens": result.tokens,
                   "tokens_per_second": result.tokens_per_second, "final_loss": result.final_loss,
+                  "precision": result.precision,
                   "skipped_conversations": result.skipped},
         "eval": {**summary["eval"], "split": cfg.eval.split, "dialogues": len(records), "wall_seconds": eval_seconds},
         "model": {"parameters": count_parameters(model)},

@@ -62,6 +62,7 @@ class TrainResult:
     stopped: str = ""  # "SIGTERM" when a signal ended the run early (after saving a checkpoint)
     resumed_from: int = 0  # the step the run resumed from (0: a fresh run)
     skipped_batches: int = 0  # batches skipped for a non-finite loss (train.on_nan=skip)
+    precision: str = ""  # what it trained in: bf16 | fp16 | fp32 (train.precision=auto decides on the machine)
 
 
 def world_texts(records: list[dict]) -> list[str]:
@@ -86,6 +87,30 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def time_precisions(objective, batch: dict, repeats: int = 2) -> dict[str, float]:
+    """Seconds of one forward + backward of `batch` in bf16 autocast and in fp32 (the best of `repeats`
+    after one warm-up each). Native bf16 is not always faster on a CPU: at the demo's width (128) the casts
+    cost about what the bf16 matmuls save, and on some CPUs bf16 is 25% slower than fp32
+    (benchmarks/train_step.py). Leaves no trace: gradients are cleared and the RNG state restored."""
+    params = [p for p in objective.parameters() if p.requires_grad]
+    rng = torch.get_rng_state()
+    times = {}
+    for precision in ("bf16", "fp32"):
+        best = float("inf")
+        for i in range(repeats + 1):
+            t = time.perf_counter()
+            with autocast_context(precision):
+                loss, _ = objective(batch)
+            loss.backward()
+            if i:
+                best = min(best, time.perf_counter() - t)
+            for p in params:
+                p.grad = None
+        times[precision] = best
+    torch.set_rng_state(rng)
+    return times
 
 
 def resolve_device(device: str) -> torch.device:
@@ -349,6 +374,9 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(tc.precision, device.type)  # once: it reads /proc/cpuinfo
+    # auto on a CPU with native bf16: time both on the first batch and keep the faster (one process only:
+    # processes that chose differently would not match)
+    time_auto = tc.precision == "auto" and device.type == "cpu" and precision == "bf16" and not dist.enabled
     check_fsdp(tc, precision)
     fsdp = dist.enabled and tc.distributed == "fsdp"
     sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank, world_size=dist.world_size,
@@ -448,6 +476,11 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
                 dataset.set_epoch(sampler.epoch)
             indices = sampler.next()
             batches = [_to(collate([dataset[i] for i in mb]), device) for mb in indices]
+            if time_auto:
+                times, time_auto = time_precisions(objective, batches[0]), False
+                precision = "bf16" if times["bf16"] < 0.95 * times["fp32"] else "fp32"
+                log(f"precision auto: one forward + backward takes {times['bf16'] * 1000:.0f} ms in bf16, "
+                    f"{times['fp32'] * 1000:.0f} ms in fp32 on this CPU: training in {precision}")
             weight = dist.all_reduce(torch.stack([batch_weight(b) for b in batches]).sum().double().reshape(1))
             norm = float(weight) / dist.world_size  # backward of sum / norm: DDP's mean over processes sums them
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -537,7 +570,7 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
                         extra=None if adapters is None else lambda tmp: save_adapters(tmp / ADAPTERS, adapters, tc.lora))
     dist.barrier()
     return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
-                       losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches)
+                       losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches, precision)
 
 
 def _check_in_sync(model, dist: Dist, fsdp: bool = False) -> dict:

@@ -77,3 +77,34 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny):
         again.load_state_dict({"optimizers": [{}]})  # a checkpoint of one optimizer
     with pytest.raises(MMDialogError, match="train.optimizer must be one of adamw, muon"):
         make_optimizer(model, TrainConfig(optimizer="sgd"))
+
+
+def test_time_precisions_leaves_no_gradients_and_the_rng_as_it_was(tiny, tokenizer):
+    from mmdialog.data.collate import Collator
+    from mmdialog.data.conversation import Conversation
+    from mmdialog.objectives.lm import NextTokenObjective
+    from mmdialog.train.trainer import time_precisions
+
+    model, proc = tiny
+    model.train()
+    conv = Conversation().add("user", "How many?").add("assistant", "3")
+    batch = Collator(tokenizer.pad_id)([proc(conv)])
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    times = time_precisions(NextTokenObjective(model), batch, repeats=1)
+    assert set(times) == {"bf16", "fp32"} and all(0 < t < 60 for t in times.values())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("bf16_ms,fp32_ms,want", [(10, 20, "bf16"), (20, 10, "fp32"), (9.8, 10, "fp32")])
+def test_precision_auto_trains_in_the_faster_one(monkeypatch, tiny_world, tmp_path, bf16_ms, fp32_ms, want):
+    from mmdialog.train import trainer
+    from tests.train.conftest import run, smoke_config
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer, "time_precisions", lambda objective, batch: {"bf16": bf16_ms / 1e3,
+                                                                            "fp32": fp32_ms / 1e3})
+    cfg = smoke_config("train.precision=auto", "train.max_steps=2")
+    *_, result = run(cfg, tiny_world, tmp_path)
+    assert result.precision == want  # bf16 only when it is at least 5% faster
