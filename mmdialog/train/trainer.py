@@ -417,7 +417,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
 
     n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in plan.all_trainable)
     log(f"model: {count_parameters(model):,} parameters ({n_trainable:,} trained, strategy {tc.strategy}); "
-        f"data: {dataset.report() if hasattr(dataset, 'report') else len(dataset)}; precision: {precision} "
+        f"data: {dataset.report() if hasattr(dataset, 'report') else len(dataset)}; precision: "
+        f"{'bf16 or fp32, timed on the first batch' if time_auto else precision} "
         f"(train.precision={tc.precision}); device: {device}"
         + (f"; {dist.world_size} processes ({tc.distributed})" if dist.enabled else ""))
 
