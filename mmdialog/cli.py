@@ -444,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", choices=["multiturn", "fusion"], help="the experiment to run")
     sp.add_argument("--out", required=True)
     sp.add_argument("--budget-minutes", type=float, default=30.0,
-                    help="wall-clock budget; three quarters are split evenly between the training runs (default 30; "
-                         "fusion: 0 trains each run train.max_steps steps instead)")
+                    help="wall-clock budget; three quarters are split evenly between the training runs (default 30; 0 trains "
+                         "each run train.max_steps steps instead: the same work whatever else the machine does)")
     sp.add_argument("--seeds", type=int, nargs="+",
                     help="training seeds per variant or fusion (default: 0 1 for multiturn, 0 for fusion)")
     sp.add_argument("--fusions", nargs="+", default=["concat", "cross_attention", "interactive", "hierarchical",

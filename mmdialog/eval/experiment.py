@@ -230,8 +230,10 @@ def run_experiment(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0
     test = load_split(world, cfg.eval.split)[:eval_dialogues]
     n_runs = len(variants) * len(seeds)
     # a quarter of the budget is kept for evaluation; the rest is split evenly between the runs
-    minutes = max(0.2, 0.75 * budget_minutes / n_runs)
-    log(f"experiment: {len(variants)} variants x {len(seeds)} seeds, {minutes:.1f} min of training each; "
+    # (--budget-minutes 0: every run trains train.max_steps steps instead, the same work whatever the machine does)
+    minutes = max(0.2, 0.75 * budget_minutes / n_runs) if budget_minutes > 0 else 0.0
+    each = f"{minutes:.1f} min of training each" if minutes else f"{cfg.train.max_steps} steps each"
+    log(f"experiment: {len(variants)} variants x {len(seeds)} seeds, {each}; "
         f"evaluation on {len(test)} {cfg.eval.split} dialogues (own history and policies on {own_dialogues})")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     run_dirs = []
@@ -255,7 +257,8 @@ def run_experiment(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0
             log(f"{variant} seed {seed}: {res.steps} steps, gold {m['accuracy']['overall']:.3f}, "
                 f"d>=1 {m['accuracy']['needs_history'] or 0:.3f}, own {m['modes']['own_history']['accuracy']['overall']:.3f}")
     summary = summarise_experiment(results, variants, policies)
-    summary["settings"] = {"budget_minutes": budget_minutes, "train_minutes_per_run": minutes, "seeds": list(seeds),
+    summary["settings"] = {"budget_minutes": budget_minutes, "train_minutes_per_run": minutes,
+                           "max_steps": cfg.train.max_steps, "seeds": list(seeds),
                            "variants": list(variants), "policies": list(policies), "eval_dialogues": len(test),
                            "own_dialogues": own_dialogues, "world": str(world),
                            "wall_seconds": round(time.perf_counter() - t0, 1)}
@@ -303,7 +306,9 @@ def _ms(cell) -> str:
 def experiment_markdown(summary: dict) -> str:
     st = summary.get("settings", {})
     lines = ["# Experiment: what makes the model better at multi-turn dialogue", "",
-             f"Seeds {st.get('seeds')}, {st.get('train_minutes_per_run', 0):.1f} min of training per run, evaluated on "
+             f"Seeds {st.get('seeds')}, "
+             + (f"{st['train_minutes_per_run']:.1f} min of training per run" if st.get("train_minutes_per_run")
+                else f"{st.get('max_steps')} steps of training per run") + ", evaluated on "
              f"{st.get('eval_dialogues')} test dialogues (own history and policies on {st.get('own_dialogues')}). "
              "Mean ± std over seeds.", "", "## Training variants (inference: full history)", ""]
     cols = list(HEADLINES)

@@ -80,7 +80,7 @@ def test_explain_and_report(trained):
 
 
 def test_experiment_compares_variants(tmp_path):
-    r = cli("experiment", "multiturn", "train.max_steps=3", "--config", TINY, "--out", tmp_path, "--budget-minutes", "2",
+    r = cli("experiment", "multiturn", "train.max_steps=3", "--config", TINY, "--out", tmp_path, "--budget-minutes", "0",
             "--seeds", "0", "--variants", "every_turn", "every_turn+augment", "--eval-dialogues", "1",
             "--own-dialogues", "1", "--policies", "full", "last_k:2")
     s = json.loads((tmp_path / "experiment.json").read_text())
@@ -89,6 +89,9 @@ def test_experiment_compares_variants(tmp_path):
     assert set(s["variants"]["every_turn"]["policies"]) == {"full", "last_k:2"}
     md = (tmp_path / "experiment.md").read_text()
     assert "| every_turn+augment |" in md and "last_k:2" in md
+    assert "3 steps of training per run" in md      # --budget-minutes 0: every run trains train.max_steps
+    for v in ("every_turn", "every_turn_augment"):
+        assert json.loads((tmp_path / v / "seed0" / "metrics.json").read_text())["train"]["steps"] == 3
     for f in ("experiment.png", "report.html", "every_turn/seed0/metrics.json", "every_turn_augment/seed0/train_log.jsonl"):
         assert (tmp_path / f).is_file(), f
     assert "experiment.md" in r.stdout
