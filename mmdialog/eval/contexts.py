@@ -1,7 +1,7 @@
 """What the model sees when a question is put to it: the history (gold, none, the last n rounds, shuffled,
-a chat context policy) and whether it sees the image.
+a chat context policy) and whether it sees the media.
 
-A context builder turns one world record into `Sequence`s: conversations whose assistant turns carry the
+A context builder turns one evaluation record into `Sequence`s: conversations whose assistant turns carry the
 gold answers, plus which assistant turns are scored and as which round. Teacher forcing scores every
 marked turn of a sequence in one forward pass, so a context that is the same for every round (the gold
 history, the gold history without the image) is ONE sequence per dialogue; a context that differs per
@@ -15,6 +15,13 @@ ablation changes exactly one thing: which earlier rounds are there, in which ord
     shuffled_history  the rounds 0..r-1 in a seeded random order, then question r
     no_media          the gold history without the image (one sequence per dialogue)
     policy            the chat policy (last_k, token_budget, summary) applied to the gold history
+
+Records. A world record (data/worlds/shapes) has an "image" and "rounds" of {question, answer, ...}; its
+image opens round 0. A record read from a dataset file (eval/datafile.py) has no "image": each round holds
+the user turn's own parts under "parts" (text and media, media in any round), and the record may hold a
+"system" turn. One rule covers both when history is dropped or reordered: the media of every earlier
+round are kept, in order, at the start of the context (the world's image is such a medium), so that the
+history ablations change only which earlier text is there, and `no_media` only the media.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmdialog.chat.policies import Policy
-from mmdialog.data.conversation import Conversation, Image, Text, Turn
+from mmdialog.data.conversation import Conversation, Image, Part, Text, Turn
 
 
 @dataclass
@@ -46,12 +53,40 @@ def scored_rounds(record: dict) -> list[int]:
     return [rd["round"] for rd in record["rounds"] if rd.get("scored", True)]
 
 
-def _conversation(pairs: list[tuple[str, str]], image: Image | None) -> Conversation:
-    """User/assistant turns from (question, answer) pairs; the image opens the first user turn."""
+def user_parts(record: dict, r: int, image: Image | None = None) -> list[Part]:
+    """The user turn of round r as the record has it: its own parts (a file record), or its question with
+    the image opening round 0 (a world record)."""
+    rd = record["rounds"][r]
+    parts = list(rd["parts"]) if "parts" in rd else [Text(rd["question"])]
+    return [image, *parts] if r == 0 and image is not None else parts
+
+
+def _text_only(parts: list[Part]) -> list[Part]:
+    return [p for p in parts if isinstance(p, Text)]
+
+
+def _conversation(record: dict, rounds: list[int], image: Image | None, *, media: bool = True,
+                  answer: bool = True) -> Conversation:
+    """The system turn (if any), then user/assistant turns of `rounds` in that order. In the gold order
+    (0, 1, .., r) each round keeps its own media; otherwise the media of every round before the last one
+    listed move, in their order, to the start of the first user turn. media=False: no media at all.
+    answer=False: the last round's user turn without its reply."""
     conv = Conversation()
-    for i, (q, a) in enumerate(pairs):
-        conv.add("user", *([image, q] if i == 0 and image is not None else [q]))
-        conv.add("assistant", a)
+    if record.get("system"):
+        conv.turns.append(Turn("system", list(record["system"]) if media else _text_only(record["system"])))
+    last = rounds[-1] if rounds else 0
+    in_order = rounds == list(range(len(rounds)))
+    moved = [] if in_order or not media else \
+        [p for k in range(last) for p in user_parts(record, k, image) if not isinstance(p, Text)]
+    for i, k in enumerate(rounds):
+        parts = user_parts(record, k, image)
+        if not media or (moved and k != last):
+            parts = _text_only(parts)
+        if i == 0 and moved:
+            parts = moved + parts
+        conv.turns.append(Turn("user", parts))
+        if answer or k != last:
+            conv.turns.append(Turn("assistant", [Text(record["rounds"][k]["answer"])]))
     return conv
 
 
@@ -62,9 +97,8 @@ class Context:
     per_round = False
     uses_image = True
 
-    def sequences(self, record: dict, image: Image) -> list[Sequence]:
-        pairs = rounds_of(record)
-        conv = _conversation(pairs, image if self.uses_image else None)
+    def sequences(self, record: dict, image: Image | None) -> list[Sequence]:
+        conv = _conversation(record, list(range(len(record["rounds"]))), image, media=self.uses_image)
         return [Sequence(record["id"], conv, [(r, r) for r in scored_rounds(record)])]
 
     def history(self, record: dict, r: int) -> list[int]:
@@ -82,14 +116,11 @@ class PerRound(Context):
 
     per_round = True
 
-    def sequences(self, record: dict, image: Image) -> list[Sequence]:
-        pairs = rounds_of(record)
+    def sequences(self, record: dict, image: Image | None) -> list[Sequence]:
         out = []
-        for r in scored_rounds(record):
-            if r == 0:
-                continue
-            kept = [pairs[k] for k in self.history(record, r)] + [pairs[r]]
-            conv = _conversation(kept, image if self.uses_image else None)
+        for r in scored_rounds(record):  # round 0 has no history: its context is the gold one
+            kept = self.history(record, r) + [r]
+            conv = _conversation(record, kept, image, media=self.uses_image)
             out.append(Sequence(record["id"], conv, [(len(kept) - 1, r)]))
         return out
 
@@ -130,16 +161,16 @@ class WithPolicy(PerRound):
         self.policy, self.count = policy, count
         self.name = name or f"policy {policy.describe()}"
 
-    def sequences(self, record: dict, image: Image) -> list[Sequence]:
-        pairs = rounds_of(record)
+    def sequences(self, record: dict, image: Image | None) -> list[Sequence]:
         out = []
         for r in scored_rounds(record):
             if r == 0:
                 continue
-            conv = _conversation(pairs[:r] + [(pairs[r][0], "")], image)
-            conv.turns = conv.turns[:-1]  # up to the question, as the session holds it before replying
+            # up to the question, as the session holds it before replying
+            conv = _conversation(record, list(range(r + 1)), image, answer=False)
             ctx = self.policy.apply(conv, self.count)
-            ctx = Conversation(list(ctx.turns) + [Turn("assistant", [Text(pairs[r][1])])], dict(ctx.meta))
+            ctx = Conversation(list(ctx.turns) + [Turn("assistant", [Text(record["rounds"][r]["answer"])])],
+                               dict(ctx.meta))
             n_assistant = sum(t.role == "assistant" for t in ctx.turns)
             out.append(Sequence(record["id"], ctx, [(n_assistant - 1, r)]))
         return out
@@ -155,6 +186,9 @@ ABLATIONS: dict[str, Callable[[], Context]] = {
 }
 
 
-def record_image(record: dict, world_dir: str | Path) -> Image:
-    """The record's image as one Image part: its pixels are read once and shared by all its sequences."""
+def record_image(record: dict, world_dir: str | Path | None) -> Image | None:
+    """A world record's image as one Image part: its pixels are read once and shared by all its sequences.
+    None for a file record (its media are in its rounds' parts)."""
+    if "image" not in record:
+        return None
     return Image(path=str(Path(world_dir) / record["image"]))

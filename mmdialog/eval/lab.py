@@ -30,8 +30,10 @@ from mmdialog.chat.session import ChatSession
 from mmdialog.data.conversation import Image
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
-from mmdialog.eval.contexts import ABLATIONS, Context, Sequence, record_image
-from mmdialog.eval.multiturn import normalise, summarise
+from mmdialog.eval.contexts import ABLATIONS, Context, Sequence, record_image, user_parts
+from mmdialog.eval.matching import check_match, matches, token_f1
+from mmdialog.eval.multiturn import (WORLD_GROUPS, WORLD_LABELS, WORLD_NUMERIC, difference_groups, normalise, summarise,
+                                     summarise_groups)
 from mmdialog.eval.ranking import LikelihoodRanker, summarise_ranking, world_candidates
 from mmdialog.eval.teacher_forced import TeacherForcedScorer
 from mmdialog.model import MultimodalLM
@@ -48,16 +50,32 @@ class LabResult:
 
 def row(record: dict, r: int, pred: str, correct: bool, mode: str, **extra) -> dict:
     rd = record["rounds"][r]
-    return {"id": record["id"], "round": r, "question": rd["question"], "gold": rd["answer"], "pred": pred,
-            "family": rd["family"], "ref": rd["ref"], "distance": rd["distance"], "n_rounds": len(record["rounds"]),
-            "correct": bool(correct), "mode": mode, **extra}
+    out = {"id": record["id"], "round": r, "question": rd["question"], "gold": rd["answer"], "pred": pred,
+           **{k: rd[k] for k in WORLD_LABELS if k in rd}}
+    if "labels" in rd:
+        out["labels"] = rd["labels"]
+    return {**out, "n_rounds": len(record["rounds"]), "correct": bool(correct), "mode": mode, **extra}
+
+
+def verdict(pred: str, gold: str, match: str | None) -> dict:
+    """correct (and token F1) of a generated reply: under `match` (matching.py), or the world's own
+    verdict (lower case, a final period) when match is None."""
+    if match is None:
+        return {"correct": normalise(pred) == normalise(gold)}
+    return {"correct": matches(pred, gold, match), "f1": round(token_f1(pred, gold), 4)}
+
+
+def _start(session: ChatSession, record: dict) -> None:
+    session.reset()
+    if record.get("system"):
+        session.add("system", *record["system"])
 
 
 def teacher_forced_rows(scorer: TeacherForcedScorer, context: Context, records: list[dict],
                         images: dict[str, Image], *, progress: bool = False,
                         annotate: Callable[[dict, int], dict] | None = None) -> list[dict]:
     """Per scored question, whether greedy decoding answers it right under `context`."""
-    seqs: list[Sequence] = [s for rec in records for s in context.sequences(rec, images[rec["id"]])]
+    seqs: list[Sequence] = [s for rec in records for s in context.sequences(rec, images.get(rec["id"]))]
     by_id = {rec["id"]: rec for rec in records}
     scores = scorer.score(seqs, desc=context.name, progress=progress)
     rows = []
@@ -72,18 +90,29 @@ def teacher_forced_rows(scorer: TeacherForcedScorer, context: Context, records: 
 
 def own_history_rows(model: MultimodalLM, processor: Processor, records: list[dict], images: dict[str, Image], *,
                      max_new_tokens: int, progress: bool = False, mode: str = "own_history",
-                     policy: Policy | None = None) -> list[dict]:
+                     policy: Policy | None = None, match: str | None = None,
+                     failed: list[dict] | None = None) -> list[dict]:
     """A real chat per dialogue: every round asked in turn, the model's replies kept as the history
-    (under a context policy when given, as `mmdialog chat --policy` would)."""
+    (under a context policy when given, as `mmdialog chat --policy` would). With `failed`, a dialogue the
+    session refuses (the model's own replies made it longer than the context) is listed there and left out."""
     session = ChatSession(model, processor, max_new_tokens=max_new_tokens, policy=policy)
     rows = []
     for rec in tqdm(records, desc=mode, disable=not progress, leave=False):
-        session.reset()
-        for rd in rec["rounds"]:
-            parts = [images[rec["id"]], rd["question"]] if rd["round"] == 0 else [rd["question"]]
-            reply = session.ask(*parts)
-            if rd.get("scored", True):
-                rows.append(row(rec, rd["round"], reply, normalise(reply) == normalise(rd["answer"]), mode))
+        image = images.get(rec["id"])
+        out = []
+        try:
+            _start(session, rec)
+            for rd in rec["rounds"]:
+                reply = session.ask(*user_parts(rec, rd["round"], image))
+                if rd.get("scored", True):
+                    v = verdict(reply, rd["answer"], match)
+                    out.append(row(rec, rd["round"], reply, v.pop("correct"), mode, **v))
+        except MMDialogError as e:
+            if failed is None:
+                raise
+            failed.append({"id": rec["id"], "mode": mode, "error": str(e)})
+            continue
+        rows.extend(out)
     return rows
 
 
@@ -93,14 +122,45 @@ def gold_generated_rows(model: MultimodalLM, processor: Processor, records: list
     session = ChatSession(model, processor, max_new_tokens=max_new_tokens)
     rows = []
     for rec in tqdm(records, desc="gold_history (generated)", disable=not progress, leave=False):
-        session.reset()
+        _start(session, rec)
+        image = images.get(rec["id"])
         for rd in rec["rounds"]:
-            session.add("user", *([images[rec["id"]], rd["question"]] if rd["round"] == 0 else [rd["question"]]))
+            session.add("user", *user_parts(rec, rd["round"], image))
             if rd.get("scored", True):
                 pred = session.generate(commit=False)
                 rows.append(row(rec, rd["round"], pred, normalise(pred) == normalise(rd["answer"]), "gold_history"))
             session.add("assistant", rd["answer"])
     return rows
+
+
+def generate_wrong_replies(model: MultimodalLM, processor: Processor, records: list[dict], images: dict[str, Image],
+                           rows: list[dict], *, max_new_tokens: int, match: str, progress: bool = False) -> None:
+    """Teacher-forced gold-history rows -> the replies greedy decoding gives, judged under `match`, in place.
+
+    A row teacher forcing found right is the gold reply exactly (greedy decoding produces it), so only the
+    wrong ones are generated: one ChatSession per dialogue that has any, the gold replies added between
+    them (the cache keeps the shared prefix). Each row keeps the teacher-forced verdict as "exact"."""
+    wrong: dict[str, set[int]] = {}
+    for r in rows:
+        r["exact"] = r["correct"]
+        if r["correct"]:
+            r.update(pred=r["gold"], **verdict(r["gold"], r["gold"], match))
+        else:
+            wrong.setdefault(r["id"], set()).add(r["round"])
+    by_key = {(r["id"], r["round"]): r for r in rows}
+    session = ChatSession(model, processor, max_new_tokens=max_new_tokens)
+    for rec in tqdm([x for x in records if x["id"] in wrong], desc="gold_history replies", disable=not progress,
+                    leave=False):
+        todo = wrong[rec["id"]]
+        _start(session, rec)
+        image = images.get(rec["id"])
+        for rd in rec["rounds"][:max(todo) + 1]:
+            session.add("user", *user_parts(rec, rd["round"], image))
+            if rd["round"] in todo:
+                pred = session.generate(commit=False)
+                r = by_key[(rec["id"], rd["round"])]
+                r.update(pred=pred, **verdict(pred, rd["answer"], match))
+            session.add("assistant", rd["answer"])
 
 
 def difference(a: dict, b: dict) -> dict:
@@ -120,24 +180,37 @@ def usable_records(processor: Processor, records: list[dict], images: dict[str, 
     ok, failed = [], []
     for rec in records:
         try:
-            processor(Context().sequences(rec, images[rec["id"]])[0].conv, where=f"dialogue {rec['id']}")
+            processor(Context().sequences(rec, images.get(rec["id"]))[0].conv, where=f"dialogue {rec['id']}")
             ok.append(rec)
         except MMDialogError as e:
             failed.append({"id": rec["id"], "error": str(e)})
     return ok, failed
 
 
-def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], world_dir: str | Path, *,
+def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], world_dir: str | Path | None, *,
             max_new_tokens: int, ablations: tuple[str, ...] = DEFAULT_ABLATIONS, own_history: int | None = None,
             ranking: int | None = None, ablation_dialogues: int | None = None,
             gold_method: str = "teacher_forced", max_batch_tokens: int = 16384,
             progress: bool = True, log=None,
-            annotate: Callable[[dict, int], dict] | None = None) -> LabResult:
-    """Every mode on `records`. own_history / ranking / ablation_dialogues: how many dialogues (the first ones)
-    to run them on; None: all, 0: skip. Each is compared with the gold history on the same dialogues.
-    gold_method "generate" answers the gold history by generation instead (the reference)."""
-    world_dir = Path(world_dir)
+            annotate: Callable[[dict, int], dict] | None = None,
+            match: str | None = None, group_by: tuple[str, ...] | None = None,
+            numeric: frozenset[str] | None = None) -> LabResult:
+    """Every mode on `records`: world records (world_dir holds their images) or records read from a dataset
+    file (eval/datafile.py; world_dir None). own_history / ranking / ablation_dialogues: how many dialogues
+    (the first ones) to run them on; None: all, 0: skip. Each is compared with the gold history on the same
+    dialogues. gold_method "generate" answers the gold history by generation instead (the reference).
+
+    match: None keeps the world's verdicts (greedy exact match, teacher forced); exact | normalised |
+    contains (matching.py) generates the replies teacher forcing finds wrong and judges every reply by it,
+    with token F1. group_by / numeric: the labels to split by, and which of them are numbers (bucketed
+    0/1/2/3-5/6+); default: the world's distance, family and ref. Ablations stay teacher forced (greedy exact
+    match); the history gain compares them with the gold history scored the same way."""
     model.eval()
+    world = all("image" in rec for rec in records)
+    if match is not None:
+        check_match(match)
+    group_by = tuple(WORLD_GROUPS if group_by is None and world else group_by or ())
+    numeric = frozenset(WORLD_NUMERIC if numeric is None and world else numeric or ())
     images = {rec["id"]: record_image(rec, world_dir) for rec in records}
     records, failed = usable_records(processor, records, images)
     scorer = TeacherForcedScorer(model, processor, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens)
@@ -153,28 +226,53 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
             log(f"eval {name}: {seconds[name]:.1f}s")
         return result
 
+    def groups(rows, key="correct"):
+        return summarise_groups(rows, group_by, numeric, key=key)
+
+    def both(rows, key="correct"):  # the world's summary (the keys the demo has always written) beside the generic one
+        return {**(summarise(rows) if world else {}), **groups(rows, key)}
+
     if gold_method == "teacher_forced":
         preds["gold_history"] = timed("gold_history", lambda: teacher_forced_rows(
             scorer, Context(), records, images, progress=progress, annotate=annotate))
+        if match is not None:
+            timed("gold_history_replies", lambda: generate_wrong_replies(
+                model, processor, records, images, preds["gold_history"], max_new_tokens=max_new_tokens,
+                match=match, progress=progress))
     elif gold_method == "generate":
         preds["gold_history"] = timed("gold_history", lambda: gold_generated_rows(
             model, processor, records, images, max_new_tokens=max_new_tokens, progress=progress))
+        if match is not None:
+            for r in preds["gold_history"]:
+                r.update(verdict(r["pred"], r["gold"], match))
+                r["exact"] = r["pred"] == r["gold"]
     else:
         raise MMDialogError(f"gold_method must be teacher_forced or generate, got {gold_method!r}")
-    gold = summarise(preds["gold_history"])
-    metrics: dict = {"accuracy": gold["accuracy"], "counts": gold["counts"], "modes": {"gold_history": gold}}
+    gold_rows = preds["gold_history"]
+    exact = "exact" if match is not None else "correct"  # the verdict the ablations share
+    metrics: dict = {}
+    if world:
+        gold = summarise(gold_rows)
+        metrics.update(accuracy=gold["accuracy"], counts=gold["counts"], modes={"gold_history": gold})
+    metrics["gold_history"] = groups(gold_rows)
 
     n_own = len(records) if own_history is None else min(own_history, len(records))
     if n_own:
         subset = records[:n_own]
         preds["own_history"] = timed("own_history", lambda: own_history_rows(
-            model, processor, subset, images, max_new_tokens=max_new_tokens, progress=progress))
-        ids = {r["id"] for r in subset}
-        own = summarise(preds["own_history"])
-        gold_same = summarise([r for r in preds["gold_history"] if r["id"] in ids])
-        metrics["modes"]["own_history"] = own
-        metrics["modes"]["gold_history_same_dialogues"] = gold_same
-        metrics["gap"] = {"dialogues": n_own, **difference(gold_same, own)}
+            model, processor, subset, images, max_new_tokens=max_new_tokens, progress=progress, match=match,
+            failed=failed))
+        ids = {r["id"] for r in preds["own_history"]}
+        same = [r for r in gold_rows if r["id"] in ids]
+        metrics["own_history"] = groups(preds["own_history"])
+        metrics["gold_history_same_dialogues"] = groups(same)
+        gap = difference_groups(metrics["gold_history_same_dialogues"], metrics["own_history"])
+        if world:
+            gold_same, own = summarise(same), summarise(preds["own_history"])
+            metrics["modes"]["own_history"] = own
+            metrics["modes"]["gold_history_same_dialogues"] = gold_same
+            gap = {**difference(gold_same, own), **gap}
+        metrics["gap"] = {"dialogues": len(ids), **gap}
 
     metrics["ablations"] = {}
     n_abl = len(records) if ablation_dialogues is None else min(ablation_dialogues, len(records))
@@ -184,32 +282,46 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
             raise MMDialogError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
         preds[name] = timed(name, lambda: teacher_forced_rows(scorer, ABLATIONS[name](), abl_records, images,
                                                                 progress=progress, annotate=annotate))
-        metrics["ablations"][name] = summarise(preds[name])
-    abl_gold = gold
-    if metrics["ablations"] and n_abl < len(records):  # compare with the gold history on the same dialogues
+        metrics["ablations"][name] = both(preds[name])
+    if metrics["ablations"]:
         ids = {r["id"] for r in abl_records}
-        abl_gold = summarise([r for r in preds["gold_history"] if r["id"] in ids])
-        metrics["modes"]["gold_history_ablation_dialogues"] = abl_gold
-    if "no_history" in metrics["ablations"]:
-        metrics["history_gain"] = difference(abl_gold, metrics["ablations"]["no_history"])
+        abl_gold_rows = [r for r in gold_rows if r["id"] in ids]
+        reference = groups(abl_gold_rows, exact)
+        metrics["ablation_reference"] = reference  # the gold history on those dialogues, scored as the ablations
+        if world and n_abl < len(records):  # compare with the gold history on the same dialogues
+            metrics["modes"]["gold_history_ablation_dialogues"] = summarise(abl_gold_rows)
+        if "no_history" in metrics["ablations"]:
+            gain = difference_groups(reference, metrics["ablations"]["no_history"])
+            if world:
+                abl_gold = metrics["modes"].get("gold_history_ablation_dialogues") or metrics["modes"]["gold_history"]
+                gain = {**difference(abl_gold, metrics["ablations"]["no_history"]), **gain}
+            metrics["history_gain"] = gain
 
     ranking_rows: list[dict] = []
-    n_rank = len(records) if ranking is None else min(ranking, len(records))
+    with_candidates = [rec for rec in records if any("candidates" in rd for rd in rec["rounds"])]
+    rank_pool = records if world else with_candidates
+    n_rank = len(rank_pool) if ranking is None else min(ranking, len(rank_pool))
     if n_rank:
-        golds = sorted({rd["answer"] for rec in records for rd in rec["rounds"] if rd.get("scored", True)})
-        ranker = LikelihoodRanker(model, processor, world_candidates(golds))
+        if world:
+            golds = sorted({rd["answer"] for rec in records for rd in rec["rounds"] if rd.get("scored", True)})
+            ranker = LikelihoodRanker(model, processor, world_candidates(golds))
+        else:
+            ranker = LikelihoodRanker(model, processor, None)
 
         def rank_all():
             out = []
-            for rec in tqdm(records[:n_rank], desc="ranking", disable=not progress, leave=False):
-                out.extend(ranker.score_record(rec, world_dir))
+            for rec in tqdm(rank_pool[:n_rank], desc="ranking", disable=not progress, leave=False):
+                out.extend(ranker.score_record(rec, world_dir, image=images.get(rec["id"])))
             return out
 
         ranking_rows = timed("ranking", rank_all)
+        n_cands = [r["candidates"] for r in ranking_rows]
         metrics["ranking"] = {**summarise_ranking(ranking_rows), "dialogues": n_rank,
-                              "candidates": len(ranker.candidates.texts)}
+                              "candidates": len(ranker.candidates.texts) if world else
+                              (sum(n_cands) / len(n_cands) if n_cands else 0)}
 
-    metrics["eval"] = {"gold_method": gold_method, "dialogues": len(records), "max_new_tokens": max_new_tokens,
+    metrics["eval"] = {"gold_method": gold_method, "match": match, "group_by": list(group_by),
+                       "numeric_labels": sorted(numeric), "dialogues": len(records), "max_new_tokens": max_new_tokens,
                        "own_history_dialogues": n_own, "ranking_dialogues": n_rank,
                        "ablation_dialogues": n_abl if metrics["ablations"] else 0, "seconds": seconds,
                        "wall_seconds": round(sum(seconds.values()), 3)}

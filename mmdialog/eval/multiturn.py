@@ -117,3 +117,72 @@ def write_predictions(preds: list[dict], path: str | Path) -> None:
     with open(path, "w") as f:
         for p in preds:
             f.write(json.dumps(p) + "\n")
+
+
+# ----------------------------------------------------------------------------- any labels (one path for files and the world)
+
+WORLD_LABELS = ("family", "ref", "distance")  # what a world round carries; a file round carries "labels"
+WORLD_GROUPS, WORLD_NUMERIC = ("distance", "family", "ref"), frozenset({"distance"})
+NONE = "none"  # the bucket of a turn without the label
+
+
+def labels_of(row: dict) -> dict:
+    """A scored turn's labels: a file record's "labels", or the world round's family, ref and distance."""
+    return row["labels"] if "labels" in row else {k: row[k] for k in WORLD_LABELS if k in row}
+
+
+def bucket(value, numeric: bool) -> str:
+    """0 / 1 / 2 / 3-5 / 6+ for a numeric label (read_eval_file checked it is a whole number >= 0), the value
+    itself for any other, `none` when the turn has no such label."""
+    if value is None:
+        return NONE
+    return fine_bucket(int(value)) if numeric else str(value)
+
+
+def summarise_groups(rows: list[dict], group_by=(), numeric=frozenset(), key: str = "correct") -> dict:
+    """{"overall", "count", "f1", "by_round": {round: {"accuracy", "count"}}, "by": {label: {bucket: {...}}},
+    "dialogues", "dialogues_fully_right", "first_failed_round"}; `key` names the verdict (correct, exact)."""
+
+    def cell(rs):
+        return {"accuracy": sum(bool(r[key]) for r in rs) / len(rs) if rs else None, "count": len(rs)}
+
+    f1 = [r["f1"] for r in rows if r.get("f1") is not None]
+    out = {"overall": cell(rows)["accuracy"], "count": len(rows), "f1": sum(f1) / len(f1) if f1 else None}
+    rounds: dict[int, list] = defaultdict(list)
+    for r in rows:
+        rounds[r["round"]].append(r)
+    out["by_round"] = {str(k): cell(rounds[k]) for k in sorted(rounds)}
+    out["by"] = {}
+    for label in group_by:
+        groups: dict[str, list] = defaultdict(list)
+        for r in rows:
+            groups[bucket(labels_of(r).get(label), label in numeric)].append(r)
+        keys = list(FINE_BUCKETS) if label in numeric else sorted(k for k in groups if k != NONE)
+        out["by"][label] = {k: cell(groups.get(k, [])) for k in keys + ([NONE] if NONE in groups else [])}
+    dialogues: dict[str, list] = defaultdict(list)
+    for r in rows:
+        dialogues[r["id"]].append(r)
+    out["dialogues"] = len(dialogues)
+    out["dialogues_fully_right"] = (sum(all(x[key] for x in v) for v in dialogues.values()) / len(dialogues)
+                                    if dialogues else None)
+    ffr = []
+    for v in dialogues.values():
+        wrong = [x["round"] for x in v if not x[key]]
+        n = max(x.get("n_rounds", x["round"] + 1) for x in v)
+        ffr.append(min(wrong) / n if wrong else 1.0)
+    out["first_failed_round"] = sum(ffr) / len(ffr) if ffr else None
+    return out
+
+
+def difference_groups(a: dict, b: dict) -> dict:
+    """a - b for every figure of two summarise_groups results (None where either is None)."""
+
+    def d(x, y):
+        return None if x is None or y is None else x - y
+
+    out = {k: d(a.get(k), b.get(k)) for k in ("overall", "f1", "dialogues_fully_right", "first_failed_round")}
+    out["by_round"] = {k: d(v["accuracy"], (b["by_round"].get(k) or {}).get("accuracy"))
+                       for k, v in a["by_round"].items()}
+    out["by"] = {label: {k: d(v["accuracy"], ((b["by"].get(label) or {}).get(k) or {}).get("accuracy"))
+                         for k, v in groups.items()} for label, groups in a["by"].items()}
+    return out

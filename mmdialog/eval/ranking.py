@@ -33,6 +33,7 @@ from mmdialog.data.processor import Processor
 from mmdialog.data.worlds.shapes.dialogue import NAMES
 from mmdialog.data.worlds.shapes.scene import COLOURS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES
 from mmdialog.eval.contexts import Context, record_image
+from mmdialog.eval.matching import canonical
 from mmdialog.eval.multiturn import normalise
 from mmdialog.eval.teacher_forced import assistant_spans
 from mmdialog.model import MultimodalLM
@@ -105,34 +106,52 @@ def world_candidates(extra: list[str] = ()) -> Candidates:
 # ----------------------------------------------------------------------------- scoring
 
 class LikelihoodRanker:
-    def __init__(self, model: MultimodalLM, processor: Processor, candidates: Candidates):
+    """candidates: the same list for every question (the world's), or None to rank the candidates a file
+    record lists per turn (rounds' "candidates", the gold one at "gold_candidate", optional "relevance")."""
+
+    def __init__(self, model: MultimodalLM, processor: Processor, candidates: Candidates | None):
         self.model, self.processor, self.candidates = model, processor, candidates
         tok = processor.tokenizer
         self.assistant_id, self.end_id, self.pad_id = tok.role_ids["assistant"], tok.end_id, tok.pad_id
-        cand = [tok.encode(t) + [tok.end_id] for t in candidates.texts]
-        self.lengths = torch.tensor([len(c) for c in cand])  # (C,)
-        L = int(self.lengths.max())
-        self.cand_ids = torch.full((len(cand), L), tok.pad_id, dtype=torch.long)  # (C, L), right-padded
-        for i, c in enumerate(cand):
-            self.cand_ids[i, :len(c)] = torch.tensor(c)
+        if candidates is not None:
+            self.cand_ids, self.lengths = self._encode(candidates.texts)
         self.collate = Collator(tok.pad_id)
 
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, L) right-padded ids of each candidate + <|end|>, and their lengths (C,)."""
+        tok = self.processor.tokenizer
+        cand = [tok.encode(t) + [tok.end_id] for t in texts]
+        lengths = torch.tensor([len(c) for c in cand])  # (C,)
+        ids = torch.full((len(cand), int(lengths.max())), tok.pad_id, dtype=torch.long)  # (C, L)
+        for i, c in enumerate(cand):
+            ids[i, :len(c)] = torch.tensor(c)
+        return ids, lengths
+
     @torch.no_grad()
-    def candidate_scores(self, record: dict, world_dir) -> list[tuple[int, list[float]]]:
-        """(round, log p(candidate + <|end|> | gold history up to the question) for every candidate) per scored round."""
+    def candidate_scores(self, record: dict, world_dir=None, *, image=None) -> list[tuple[int, list[float]]]:
+        """(round, log p(candidate + <|end|> | gold history up to the question) for every candidate) per scored
+        round that has candidates."""
         model, proc = self.model, self.processor
         device = next(model.parameters()).device
-        seq = Context().sequences(record, record_image(record, world_dir))[0]
+        image = image if image is not None else record_image(record, world_dir)
+        seq = Context().sequences(record, image)[0]
         ex = proc(seq.conv, where=f"dialogue {record['id']}")
         spans = assistant_spans(ex.input_ids.tolist(), self.assistant_id, self.end_id)
         cache = KVCache()
         batch = {k: v.to(device) for k, v in self.collate([ex]).items() if k not in ("labels", "attention_mask")}
         logits = model(**batch, cache=cache, return_logits=True).logits[0].float()  # (T, V)
-        C, L = self.cand_ids.shape
-        cand = self.cand_ids.to(device)
-        valid = torch.arange(L, device=device)[None] < self.lengths.to(device)[:, None]  # (C, L)
         out = []
         for turn, r in seq.scored:
+            rd = record["rounds"][r]
+            if "candidates" in rd:
+                cand, lengths = self._encode(rd["candidates"])
+            elif self.candidates is not None:
+                cand, lengths = self.cand_ids, self.lengths
+            else:
+                continue
+            C, L = cand.shape
+            cand = cand.to(device)
+            valid = torch.arange(L, device=device)[None] < lengths.to(device)[:, None]  # (C, L)
             start = spans[turn][0]  # first reply position; ids[start - 1] is <|assistant|>
             sub = prefix_for_batch(cache, start, C)
             mask = torch.cat([torch.ones(C, start, dtype=torch.long, device=device), valid.long()], dim=1)
@@ -143,15 +162,22 @@ class LikelihoodRanker:
             out.append((r, (first + (rest * valid[:, 1:]).sum(1)).tolist()))
         return out
 
-    def score_record(self, record: dict, world_dir) -> list[dict]:
-        """One row per scored round: the gold answer's rank, NDCG, and the best-scored candidate."""
+    def score_record(self, record: dict, world_dir=None, *, image=None) -> list[dict]:
+        """One row per scored round with candidates: the gold answer's rank, NDCG, and the best-scored candidate."""
         rows = []
-        for r, scores in self.candidate_scores(record, world_dir):
-            gold_text = record["rounds"][r]["answer"]
-            gold, relevance = self.candidates.gold_and_relevance(gold_text)
+        for r, scores in self.candidate_scores(record, world_dir, image=image):
+            rd = record["rounds"][r]
+            gold_text = rd["answer"]
+            if "candidates" in rd:
+                texts, gold = rd["candidates"], rd["gold_candidate"]
+                g = canonical(gold_text)
+                relevance = rd.get("relevance") or [1.0 if canonical(t) == g else 0.0 for t in texts]
+            else:
+                texts = self.candidates.texts
+                gold, relevance = self.candidates.gold_and_relevance(gold_text)
             best = max(range(len(scores)), key=scores.__getitem__)
             rows.append({"id": record["id"], "round": r, "gold": gold_text, "rank": rank_of(scores, gold),
-                         "ndcg": ndcg(scores, relevance), "best": self.candidates.texts[best]})
+                         "ndcg": ndcg(scores, relevance), "best": texts[best], "candidates": len(texts)})
         return rows
 
 

@@ -89,6 +89,8 @@ def test_ablations_on_the_first_dialogues_compare_with_their_gold(tiny, world32)
     first = sum(rd["scored"] for rd in records[0]["rounds"])
     assert m["ablations"]["no_history"]["counts"]["overall"] == first
     assert m["modes"]["gold_history_ablation_dialogues"]["counts"]["overall"] == first < m["counts"]["overall"]
-    assert m["history_gain"] == difference(m["modes"]["gold_history_ablation_dialogues"], m["ablations"]["no_history"])
+    world_gain = difference(m["modes"]["gold_history_ablation_dialogues"], m["ablations"]["no_history"])
+    assert {k: m["history_gain"][k] for k in world_gain} == world_gain  # the world's keys, beside the per-label "by"
+    assert m["history_gain"]["by"]["distance"]["0"] == world_gain["by_distance_fine"]["0"]
     assert m["eval"]["ablation_dialogues"] == 1 and "gap" not in m and "ranking" not in m
     assert "On the first 1 dialogues" in lab_markdown(m, title="t")
