@@ -138,8 +138,21 @@ def _report_skipped(skipped, path: Path, show: int = 20) -> None:
 
 
 def cmd_eval(args) -> None:
-    from mmdialog.eval.run import run_eval
+    from mmdialog.eval.run import run_eval, run_file_eval
 
+    if args.data:
+        if len(args.checkpoint) > 1:
+            raise MMDialogError(f"--data evaluates one checkpoint, got {len(args.checkpoint)}")
+        run_file_eval(args.checkpoint[0], args.data, args.out, fmt=args.format, media_root=args.media_root,
+                      group_by=tuple(args.group_by or ()), match=args.match, max_records=args.max_dialogues,
+                      own_history=None if args.own_history < 0 else args.own_history,
+                      ranking=None if args.ranking < 0 else args.ranking, ablations=tuple(args.ablations),
+                      ablation_dialogues=None if args.ablation_dialogues < 0 else args.ablation_dialogues,
+                      gold_method=args.gold_method)
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
+        return
+    if args.world and Path(args.world).is_file():
+        raise MMDialogError(f"--world takes a world directory; {args.world} is a file: pass it as --data {args.world}")
     run_eval(args.checkpoint, args.out, world=args.world, split=args.split, seeds=args.seeds or (),
              max_dialogues=args.max_dialogues, own_history=None if args.own_history < 0 else args.own_history,
              ranking=None if args.ranking < 0 else args.ranking, ablations=tuple(args.ablations),
@@ -381,17 +394,32 @@ def build_parser() -> argparse.ArgumentParser:
                                     "gain per distance; candidate answers ranked by likelihood (MRR, R@1/5/10, mean "
                                     "rank, NDCG); every held-out split the world has. Writes OUT/metrics.json, "
                                     "OUT/summary.md, plots and predictions. Several checkpoints or --seeds: mean and "
-                                    "std over the runs.")
+                                    "std over the runs. With --data FILE: the same on every assistant turn of a LLaVA, "
+                                    "ShareGPT or OpenAI file (read and checked as training reads it; invalid records "
+                                    "listed with their reasons), by round and by per-turn labels (--group-by), answers "
+                                    "matched by --match with token F1, candidates (meta.candidates) ranked.")
     sp.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
                     help="checkpoint or export directory; several (e.g. one per training seed): mean and std")
     sp.add_argument("--out", required=True)
     sp.add_argument("--world", help="world directory (default: the one the checkpoint was trained on)")
+    sp.add_argument("--data", metavar="FILE", help="a dataset file (LLaVA JSON, ShareGPT or OpenAI chat JSONL) to "
+                                                   "evaluate instead of the world")
+    sp.add_argument("--format", default="auto", choices=["auto", "llava", "sharegpt", "openai"],
+                    help="--data's format (default: detected from its first records)")
+    sp.add_argument("--media-root", help="--data's media paths are relative to it (default: the file's directory)")
+    sp.add_argument("--group-by", nargs="+", metavar="LABEL",
+                    help="--data: split accuracy by these per-turn labels (meta.rounds[i] or the turn's labels); "
+                         "numeric ones bucketed 0 / 1 / 2 / 3-5 / 6+, missing ones as none")
+    sp.add_argument("--match", default="normalised", choices=["exact", "normalised", "contains"],
+                    help="--data: how a reply is matched with the gold one (normalised: case, surrounding "
+                         "whitespace, final punctuation, number words as digits); token F1 is always reported")
     sp.add_argument("--split", default="test",
                     choices=["train", "val", "test", "test_long", "test_combos", "test_paraphrase"])
     sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                     help="evaluate on a fresh sample of the split drawn with each seed (written to OUT/worlds/), "
                          "and report mean and std over them")
-    sp.add_argument("--max-dialogues", type=int, default=0, help="evaluate only the first N dialogues (0: all)")
+    sp.add_argument("--max-dialogues", type=int, default=0,
+                    help="evaluate only the first N dialogues (with --data: the first N valid records; 0: all)")
     sp.add_argument("--own-history", type=int, default=-1, metavar="N",
                     help="run the real chat (own history, generated) on the first N dialogues (default: all; 0: skip)")
     sp.add_argument("--ranking", type=int, default=-1, metavar="N",

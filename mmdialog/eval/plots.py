@@ -212,3 +212,100 @@ def plot_run_comparison(runs: dict[str, dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- a dataset file's evaluation
+
+def _cells(summary: dict | None, path: tuple, keys: list[str]) -> list[float]:
+    node = get(summary, *path) or {}
+    return [(node.get(k) or {}).get("accuracy") if isinstance(node.get(k), dict) else float("nan") for k in keys]
+
+
+def plot_file(metrics: dict, out_dir: str | Path) -> list[Path]:
+    """For `mmdialog eval --data`: accuracy by round (gold vs own vs no history), one bar chart per label,
+    and the history gain per group when the ablations ran."""
+    out = Path(out_dir)
+    modes = [("gold_history", metrics.get("gold_history")), ("own_history", metrics.get("own_history")),
+             ("no_history", get(metrics, "ablations", "no_history"))]
+    modes = [(n, m) for n, m in modes if m]
+    files = []
+    gold = metrics["gold_history"]
+    panels = [("round", ("by_round",))] + [(label, ("by", label)) for label in gold["by"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (name, path) in zip(axes[0], panels):
+        keys = list(get(gold, *path) or {})
+        groups = [(n, [v if v is not None else float("nan") for v in _cells(m, path, keys)], [0.0] * len(keys))
+                  for n, m in modes]
+        counts = [(get(gold, *path, k) or {}).get("count") for k in keys]
+        _bars(ax, groups, keys, counts)
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"accuracy ({metrics.get('match', 'exact')} match)")
+        ax.set_title(f"accuracy by {name}")
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    files.append(out / "accuracy.png")
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+
+    gain = metrics.get("history_gain")
+    if metrics.get("ablations"):
+        abl = metrics["ablations"]
+        names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
+        ref = get(metrics, "ablation_reference", "overall")
+        vals = [ref] + [abl[n]["overall"] for n in names]
+        ax1.bar(["gold_history"] + names, [v if v is not None else float("nan") for v in vals],
+                color=[COLORS.get(n, "#888888") for n in ["gold_history"] + names])
+        ax1.set_ylim(0, 1.05)
+        ax1.tick_params(axis="x", rotation=20)
+        ax1.set_ylabel("accuracy (greedy exact match)")
+        ax1.set_title("ablations: what the context is worth")
+        if gain:
+            labels, values = ["overall"], [gain["overall"]]
+            for label, g in gain["by"].items():
+                labels += [f"{label} {k}" for k in g]
+                values += list(g.values())
+            if not gain["by"]:
+                labels += [f"round {k}" for k in gain["by_round"]]
+                values += list(gain["by_round"].values())
+            ax2.bar(labels, [v if v is not None else float("nan") for v in values], color="#4878cf")
+            ax2.axhline(0, color="black", linewidth=0.8)
+            ax2.tick_params(axis="x", rotation=60, labelsize=7)
+            ax2.set_ylabel("gold history - no history")
+            ax2.set_title("history gain per group")
+        fig.tight_layout()
+        files.append(out / "ablations.png")
+        fig.savefig(files[-1], dpi=100)
+        plt.close(fig)
+    return files
+
+
+def plot_losses_with_validation(runs: dict[str, list[tuple[int, float]]], val: dict[str, list[tuple[int, float]]],
+                                path: str | Path) -> Path:
+    """plot_losses, with the validation accuracy of each run (train.eval_every) on a second axis."""
+    path = plot_losses(runs, path)
+    if not any(val.values()):
+        return path
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, losses in runs.items():
+        if losses:
+            steps, values = zip(*losses)
+            ax.plot(steps, values, label=f"{name} loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax2 = ax.twinx()
+    for name, points in val.items():
+        if points:
+            steps, values = zip(*points)
+            ax2.plot(steps, values, marker="o", linestyle="--", label=f"{name} validation accuracy")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("validation accuracy (gold history)")
+    ax.set_title("training loss and validation accuracy")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -54,6 +54,21 @@ def read_losses(run: Path) -> list[tuple[int, float]]:
     return out
 
 
+def read_validation(run: Path) -> list[tuple[int, float]]:
+    """(step, val_accuracy) of the validation records train.eval_every wrote into train_log.jsonl."""
+    f = run / "train_log.jsonl"
+    if not f.is_file():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            out.append((int(rec["step"]), float(rec["val_accuracy"])))
+        except (ValueError, KeyError):
+            continue
+    return out
+
+
 def _img(path: Path, alt: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -101,7 +116,9 @@ def comparison(names: list[str], metrics: list[dict]) -> str:
     """Side-by-side table of the headline numbers of several runs."""
     rows = [("accuracy (gold history)", ("accuracy", "overall"))]
     rows += [(f"distance {b}", ("accuracy", "by_distance_fine", b)) for b in FINE_BUCKETS]
-    rows += [("needs history (distance ≥ 1)", ("accuracy", "needs_history")),
+    rows += [("gold history (any data)", ("gold_history", "overall")),
+             ("own history (any data)", ("own_history", "overall")),
+             ("needs history (distance ≥ 1)", ("accuracy", "needs_history")),
              ("own history", ("modes", "own_history", "accuracy", "overall")),
              ("gap gold - own", ("gap", "overall")),
              ("dialogues fully right", ("accuracy", "dialogues_fully_right")),
@@ -123,7 +140,8 @@ def comparison(names: list[str], metrics: list[dict]) -> str:
 
 
 def build_report(run_dirs: list[str | Path], out: str | Path, title: str = "mmdialog report") -> Path:
-    from mmdialog.eval.plots import plot_lab, plot_losses, plot_run_comparison
+    from mmdialog.eval.plots import plot_file, plot_lab, plot_losses_with_validation, plot_run_comparison
+    from mmdialog.eval.summary import file_markdown
 
     runs = [Path(r) for r in run_dirs]
     for r in runs:
@@ -145,7 +163,9 @@ def build_report(run_dirs: list[str | Path], out: str | Path, title: str = "mmdi
             parts.append(_img(plot_run_comparison(dict(with_metrics), tmp / "comparison.png"), "comparison"))
         if any(losses.values()):
             parts.append("<h2>Training curves</h2>")
-            parts.append(_img(plot_losses({n: v for n, v in losses.items() if v}, tmp / "losses.png"), "training loss"))
+            val = {n: read_validation(r) for n, r in zip(names, runs)}
+            parts.append(_img(plot_losses_with_validation({n: v for n, v in losses.items() if v}, val,
+                                                          tmp / "losses.png"), "training loss"))
         for n, (run, mp) in found.items():
             parts.append(f'<div class="run" id="{_anchor(n)}"><h2>{html.escape(n)}</h2>'
                          f"<p><code>{html.escape(str(run))}</code></p>")
@@ -154,9 +174,13 @@ def build_report(run_dirs: list[str | Path], out: str | Path, title: str = "mmdi
                 d = tmp / _anchor(n)
                 d.mkdir()
                 std = m.get("std") if isinstance(m.get("std"), dict) else None
-                figs = plot_lab(m, d, std)
-                md = lab_markdown(m, title=f"Evaluation ({mp.relative_to(run)})", std=std,
-                                  figures=[f.name for f in figs], runs=m.get("runs", []))
+                if m.get("kind") == "file":  # `mmdialog eval --data`
+                    figs = plot_file(m, d)
+                    md = file_markdown(m, title=f"Evaluation ({mp.relative_to(run)})", figures=[f.name for f in figs])
+                else:
+                    figs = plot_lab(m, d, std)
+                    md = lab_markdown(m, title=f"Evaluation ({mp.relative_to(run)})", std=std,
+                                      figures=[f.name for f in figs], runs=m.get("runs", []))
                 parts.append(markdown_to_html(md, {f.name: f for f in figs}, heading_shift=2))
                 train = m.get("train") or {}
                 if train:

@@ -11,6 +11,11 @@
     OUT/predictions_own.jsonl   the same in a real chat (own history)
     OUT/predictions_ablations.jsonl, OUT/ranking.jsonl
     OUT/runs/<run>/             one such directory per run when there are several
+
+With --data FILE (run_file_eval) the records of a LLaVA / ShareGPT / OpenAI file are evaluated by the same
+lab: metrics.json then has "kind": "file", "records", "invalid" [{line, id, reason}], "gold_history" and
+"own_history" ({"overall", "count", "f1", "by_round", "by": {label: {bucket: {"accuracy", "count"}}},
+"dialogues_fully_right", "first_failed_round"}), "gap", "ablations", "history_gain" and "ranking".
 """
 
 from __future__ import annotations
@@ -162,3 +167,81 @@ def _log_line(m: dict, log, std: dict | None = None) -> None:
             f"mean rank {f(r['mean_rank'])}, NDCG {f(r['ndcg'])}")
     for name, h in (m.get("heldout") or {}).items():
         log(f"held-out {name}: accuracy {f(h['accuracy']['overall'])}")
+
+
+# ----------------------------------------------------------------------------- a dataset file
+
+FILE_KEYS = ("gold_history", "own_history", "gold_history_same_dialogues", "gap", "ablations", "ablation_reference",
+             "history_gain", "ranking", "eval")
+
+
+def run_file_eval(checkpoint: str, data: str | Path, out: str | Path, *, fmt: str = "auto",
+                  media_root: str | None = None, group_by: tuple[str, ...] = (), match: str = "normalised",
+                  max_records: int = 0, own_history: int | None = None, ranking: int | None = None,
+                  ablations: tuple[str, ...] = DEFAULT_ABLATIONS, ablation_dialogues: int | None = None,
+                  gold_method: str = "teacher_forced", progress: bool = True, log=print) -> dict:
+    """`mmdialog eval --data FILE`: every assistant turn of every valid record, with the gold and the model's
+    own history, by round and by the labels in group_by, the ablations and the candidates' ranking (the lab
+    of lab.py, the same one the world runs). Writes OUT as the module docstring lists, plus OUT/invalid.jsonl."""
+    from mmdialog.eval.datafile import read_eval_file
+    from mmdialog.eval.matching import check_match
+    from mmdialog.export import load_any
+
+    check_match(match)
+    ck = load_any(checkpoint)
+    ed = read_eval_file(data, fmt, media_root, processor=ck.processor, modalities=ck.model.encoders.keys(),
+                        group_by=group_by, max_records=max_records)
+    if log:
+        log(ed.summary())
+    if not ed.records:
+        first = f"; first: {ed.invalid[0]['id']}: {ed.invalid[0]['reason']}" if ed.invalid else ""
+        raise MMDialogError(f"{data}: no valid record to evaluate ({len(ed.invalid)} invalid{first})")
+    result = run_lab(ck.model, ck.processor, ed.records, None, max_new_tokens=ck.config.eval.max_new_tokens,
+                     ablations=ablations, own_history=own_history, ranking=ranking,
+                     ablation_dialogues=ablation_dialogues, gold_method=gold_method, progress=progress,
+                     match=match, group_by=ed.group_by, numeric=ed.numeric)
+    m = result.metrics
+    lines = {r["id"]: r["line"] for r in ed.records}
+    refused = [f for f in m["failed_dialogues"] if "mode" not in f]  # the processor refused the gold conversation
+    invalid = sorted(ed.invalid + [{"line": lines[f["id"]], "id": f["id"], "reason": f["error"]} for f in refused],
+                     key=lambda x: x["line"])
+    metrics = {"kind": "file", "file": str(data), "format": ed.format, "checkpoint": str(checkpoint), "match": match,
+               "group_by": list(ed.group_by), "records": ed.read, "scored_records": len(ed.records) - len(refused),
+               "invalid": invalid, "own_history_failed": [f for f in m["failed_dialogues"] if "mode" in f],
+               **{k: m[k] for k in FILE_KEYS if k in m}}
+    if not metrics["ablations"]:
+        metrics.pop("ablations")
+    write_file_outputs(result, metrics, Path(out))
+    if log:
+        g, o = metrics["gold_history"], metrics.get("own_history")
+        f1 = f", token F1 {g['f1']:.3f}" if g.get("f1") is not None else ""
+        log(f"gold history {g['overall']:.3f} over {g['count']} turns{f1}"
+            + (f"; own history {o['overall']:.3f} (gap {metrics['gap']['overall']:+.3f})" if o else ""))
+        if metrics.get("history_gain"):
+            log(f"history gain (gold - no_history, exact match): {metrics['history_gain']['overall']:+.3f}")
+        if metrics.get("ranking"):
+            r = metrics["ranking"]
+            log(f"ranking: MRR {r['mrr']:.3f}, R@1 {r['r@1']:.3f}, R@5 {r['r@5']:.3f}, R@10 {r['r@10']:.3f}, "
+                f"NDCG {r['ndcg'] if r['ndcg'] is None else round(r['ndcg'], 3)}")
+    return metrics
+
+
+def write_file_outputs(result: LabResult, metrics: dict, out: Path) -> list[Path]:
+    from mmdialog.eval.plots import plot_file
+    from mmdialog.eval.summary import file_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_rows(result.predictions.get("gold_history", []), out / "predictions.jsonl")
+    if "own_history" in result.predictions:
+        write_rows(result.predictions["own_history"], out / "predictions_own.jsonl")
+    abl = [r for k, rows in result.predictions.items() if k not in ("gold_history", "own_history") for r in rows]
+    if abl:
+        write_rows(abl, out / "predictions_ablations.jsonl")
+    if result.ranking_rows:
+        write_rows(result.ranking_rows, out / "ranking.jsonl")
+    write_rows(metrics["invalid"], out / "invalid.jsonl")
+    figures = plot_file(metrics, out)
+    (out / "summary.md").write_text(file_markdown(metrics, title=f"Multi-turn evaluation: {metrics['file']}",
+                                                  figures=[f.name for f in figures]))
+    return figures

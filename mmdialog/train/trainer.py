@@ -63,6 +63,7 @@ class TrainResult:
     resumed_from: int = 0  # the step the run resumed from (0: a fresh run)
     skipped_batches: int = 0  # batches skipped for a non-finite loss (train.on_nan=skip)
     precision: str = ""  # what it trained in: bf16 | fp16 | fp32 (train.precision=auto decides on the machine)
+    validation: list[dict] = field(default_factory=list)  # {"step", "val_accuracy", "val_loss", ...} (train.eval_*)
 
 
 def world_texts(records: list[dict]) -> list[str]:
@@ -430,6 +431,19 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     bar = tqdm(total=None if schedule.budget > 0 else plan.total_steps, initial=schedule.step, desc="train",
                unit="step", disable=not progress or not dist.is_main, dynamic_ncols=True)
     stopped, consecutive_skips = "", 0
+    from mmdialog.train.validation import Validator
+
+    validator = Validator.build(cfg, model, tokenizer, world=(meta or {}).get("world"), log=log if dist.is_main else None)
+    validation: list[dict] = []
+
+    def validate() -> None:
+        """The gold-history scorer on the held-out records: into the JSONL log, the bar and the result. Every
+        process runs it (an FSDP model needs them all for a forward pass); process 0 writes it."""
+        v = {"step": schedule.step, **validator(model)}
+        validation.append(v)
+        if log_file:
+            log_file.write(json.dumps(v) + "\n")
+            log_file.flush()
 
     def saveable():
         """The model to save: itself, or under fsdp (on process 0) the template holding the gathered weights.
@@ -542,6 +556,10 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
             postfix = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tokens / schedule.elapsed:.0f}"}
             if schedule.budget > 0:
                 postfix["left"] = f"{max(schedule.budget - schedule.elapsed, 0):.0f}s"
+            if validator is not None and tc.eval_every and step % tc.eval_every == 0:
+                validate()
+            if validation:
+                postfix["val"] = f"{validation[-1]['val_accuracy']:.3f}"
             bar.set_postfix(postfix)
             if stop_now:
                 stopped = "SIGTERM"
@@ -549,6 +567,12 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
                 break
             if tc.save_every and step % tc.save_every == 0:
                 save_resumable()
+    if validator is not None and not stopped and (not validation or validation[-1]["step"] != schedule.step):
+        validate()  # the end of the run
+    if validation and dist.is_main:
+        v = validation[-1]
+        log(f"validation at step {v['step']}: accuracy {v['val_accuracy']:.3f} over {v['val_turns']} turns, "
+            f"loss {v['val_loss']:.4f} ({validator.source})")
     bar.close()
     if log_file:
         log_file.close()
@@ -571,7 +595,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
                         extra=None if adapters is None else lambda tmp: save_adapters(tmp / ADAPTERS, adapters, tc.lora))
     dist.barrier()
     return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
-                       losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches, precision)
+                       losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches, precision,
+                       validation)
 
 
 def _check_in_sync(model, dist: Dist, fsdp: bool = False) -> dict:
