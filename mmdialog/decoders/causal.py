@@ -75,6 +75,7 @@ class CausalDecoder(nn.Module):
         return self.tok_embeddings(input_ids)
 
     supports_packing = True  # forward takes position_ids and segment_ids (packed rows)
+    supports_cached_positions = True  # forward takes position_ids (B, T) with a cache (eval/batched_chat.py)
 
     def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer_hook=None, position_ids: torch.Tensor | None = None,
@@ -85,9 +86,10 @@ class CausalDecoder(nn.Module):
         layer_hook(layer, x) -> x runs before each block (a fusion's cross-attention layers live there).
         Packed rows (training, no cache): segment_ids (B, T) number the conversations of a row 1, 2, ...
         (0 = padding) and each token attends only to earlier tokens of its own; position_ids (B, T) restart
-        at 0 with each conversation.
+        at 0 with each conversation. position_ids (B, T) with a cache and no segment_ids: each row's own
+        positions (rows whose real tokens sit in different columns, the gaps masked by attention_mask).
         """
-        if segment_ids is not None or position_ids is not None:
+        if segment_ids is not None or (position_ids is not None and cache is None):
             return self._forward_packed(inputs_embeds, position_ids, segment_ids, cache, layer_hook)
         B, T, _ = inputs_embeds.shape
         past = cache.seq_len if cache is not None else 0
@@ -104,7 +106,8 @@ class CausalDecoder(nn.Module):
             # Right padding only (the training collator's): under the causal triangle no real token can see
             # a pad, which all come after it, so the mask changes nothing that is used; drop it for speed.
             attention_mask = None
-        positions = torch.arange(past, past + T, device=inputs_embeds.device)  # (T,)
+        positions = torch.arange(past, past + T, device=inputs_embeds.device) if position_ids is None \
+            else position_ids  # (T,) or (B, T)
 
         # No mask means SDPA's built-in causal triangle (no cache) or no masking at all (one new token
         # sees every cached one). Padding, or several new tokens after a cache, need the mask spelt out.

@@ -30,6 +30,7 @@ from mmdialog.chat.session import ChatSession
 from mmdialog.data.conversation import Image
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
+from mmdialog.eval import batched_chat
 from mmdialog.eval.contexts import ABLATIONS, Context, Sequence, record_image, user_parts
 from mmdialog.eval.matching import check_match, matches, token_f1
 from mmdialog.eval.multiturn import (WORLD_GROUPS, WORLD_LABELS, WORLD_NUMERIC, difference_groups, normalise, summarise,
@@ -91,19 +92,33 @@ def teacher_forced_rows(scorer: TeacherForcedScorer, context: Context, records: 
 def own_history_rows(model: MultimodalLM, processor: Processor, records: list[dict], images: dict[str, Image], *,
                      max_new_tokens: int, progress: bool = False, mode: str = "own_history",
                      policy: Policy | None = None, match: str | None = None,
-                     failed: list[dict] | None = None) -> list[dict]:
+                     failed: list[dict] | None = None, batched: bool = True) -> list[dict]:
     """A real chat per dialogue: every round asked in turn, the model's replies kept as the history
     (under a context policy when given, as `mmdialog chat --policy` would). With `failed`, a dialogue the
-    session refuses (the model's own replies made it longer than the context) is listed there and left out."""
-    session = ChatSession(model, processor, max_new_tokens=max_new_tokens, policy=policy)
+    session refuses (the model's own replies made it longer than the context) is listed there and left out.
+    batched: many dialogues in lockstep (batched_chat.py, the same replies) where the model allows it and
+    no policy is given; else one ChatSession per dialogue."""
+    replies = None
+    if batched and policy is None and batched_chat.supported(model):
+        try:
+            replies = batched_chat.own_history_replies(model, processor, records, images,
+                                                       max_new_tokens=max_new_tokens)
+        except MMDialogError:
+            replies = None  # a batch outgrew the cache: the sessions below run the dialogues one by one
+    session = ChatSession(model, processor, max_new_tokens=max_new_tokens, policy=policy) if replies is None else None
     rows = []
-    for rec in tqdm(records, desc=mode, disable=not progress, leave=False):
+    for rec in tqdm(records, desc=mode, disable=not progress or replies is not None, leave=False):
         image = images.get(rec["id"])
         out = []
         try:
-            _start(session, rec)
-            for rd in rec["rounds"]:
-                reply = session.ask(*user_parts(rec, rd["round"], image))
+            if replies is not None:
+                got = replies[rec["id"]]
+                if isinstance(got, str):
+                    raise MMDialogError(got)
+            else:
+                _start(session, rec)
+                got = [session.ask(*user_parts(rec, rd["round"], image)) for rd in rec["rounds"]]
+            for rd, reply in zip(rec["rounds"], got):
                 if rd.get("scored", True):
                     v = verdict(reply, rd["answer"], match)
                     out.append(row(rec, rd["round"], reply, v.pop("correct"), mode, **v))
@@ -138,8 +153,9 @@ def generate_wrong_replies(model: MultimodalLM, processor: Processor, records: l
     """Teacher-forced gold-history rows -> the replies greedy decoding gives, judged under `match`, in place.
 
     A row teacher forcing found right is the gold reply exactly (greedy decoding produces it), so only the
-    wrong ones are generated: one ChatSession per dialogue that has any, the gold replies added between
-    them (the cache keeps the shared prefix). Each row keeps the teacher-forced verdict as "exact"."""
+    wrong ones are generated: one ChatSession per dialogue that has any, the gold replies added between them
+    (the cache keeps the shared prefix; measured faster than batching them, batched_chat.py, since only a
+    few rounds per dialogue are asked). Each row keeps the teacher-forced verdict as "exact"."""
     wrong: dict[str, set[int]] = {}
     for r in rows:
         r["exact"] = r["correct"]

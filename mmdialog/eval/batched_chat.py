@@ -1,0 +1,237 @@
+"""The model's own history for many dialogues at once: the greedy replies ChatSession gives, in batches.
+
+A real chat (own history) asks round after round, each reply part of the next round's context, so it cannot
+be teacher forced; one ChatSession per dialogue spends its time on batch-1 forward passes. Here a batch of
+dialogues advances in lockstep with ONE KV cache whose rows are the dialogues:
+
+    round r   each row renders its conversation (system, earlier questions, its own replies, question r, the
+              assistant header) exactly as ChatSession does; the ids past the row's cached prefix are fed
+              (rows of different lengths: padded to the longest, the pads masked); then greedy decoding,
+              one token per row per step, until every row has its <|end|> or its max_new_tokens
+
+Rows hold their tokens in different columns, so every token gets its row's own RoPE position (the decoder's
+position_ids with a cache) and attention_mask hides the gaps: each row computes what it would alone. When a
+reply's text re-tokenises to other ids than were generated, the row's columns from the first difference on
+are masked and the rendered ids fed instead (what ChatSession does by cropping its cache). Before each round
+the cache is compacted (each row's live columns gathered to the right) so it stays as long as the longest row.
+The sampler's rules are ChatSession's: banned ids never chosen, <|end|> never a reply's first token, at most
+min(max_new_tokens, max_seq_len - prompt) tokens.
+
+Needs a fusion that only fills placeholder slots and a decoder with per-row positions under a cache
+(`supported`); lab.own_history_rows falls back to one ChatSession per dialogue otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmdialog.data.conversation import Conversation, Text, Turn
+from mmdialog.data.processor import MEDIA_KEYS, Processor
+from mmdialog.errors import MMDialogError
+from mmdialog.eval.contexts import user_parts
+from mmdialog.eval.teacher_forced import banned_ids
+from mmdialog.model import MultimodalLM
+from mmdialog.modules.kv_cache import KVCache
+
+
+class _Columns(KVCache):
+    """A KVCache of preallocated (B, H_kv, capacity, hs) buffers per layer: appending writes in place, so a
+    decoding step costs no copy of the whole cache. The attention modules use only update and seq_len."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.lengths: list[int] = []
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == len(self.keys):
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.keys.append(k.new_zeros(shape))
+            self.values.append(v.new_zeros(shape))
+            self.lengths.append(0)
+        n, T = self.lengths[layer], k.shape[2]
+        if n + T > self.capacity:
+            raise MMDialogError(f"{n + T} cache columns needed, {self.capacity} allocated")
+        self.keys[layer][:, :, n:n + T] = k
+        self.values[layer][:, :, n:n + T] = v
+        self.lengths[layer] = n + T
+        return self.keys[layer][:, :, :n + T], self.values[layer][:, :, :n + T]
+
+    @property
+    def seq_len(self) -> int:
+        return self.lengths[0] if self.lengths else 0
+
+    def gather(self, idx: torch.Tensor) -> None:
+        """Keep, for row b, the columns idx[b] (B, n), in that order."""
+        n = idx.shape[1]
+        for layer in range(len(self.keys)):
+            for buf in (self.keys[layer], self.values[layer]):
+                g = idx[:, None, :, None].expand(buf.shape[0], buf.shape[1], n, buf.shape[3])
+                buf[:, :, :n] = buf[:, :, :self.lengths[layer]].gather(2, g)
+            self.lengths[layer] = n
+
+
+def supported(model: MultimodalLM) -> bool:
+    fusion = model.fusion
+    return (getattr(fusion, "decoder_hook", None) is None and not getattr(fusion, "uses_cache", False)
+            and getattr(model.decoder, "supports_cached_positions", False))
+
+
+class _Row:
+    def __init__(self, record: dict, image):
+        self.record, self.image = record, image
+        self.conv = Conversation()
+        if record.get("system"):
+            self.conv.turns.append(Turn("system", list(record["system"])))
+        self.fed: list[int] = []  # ids of the row's live cache columns, in order
+        self.cols: list[int] = []  # their columns
+        self.media_fed: dict[str, int] = {}  # media items (per modality) among the fed ids
+        self.replies: list[str] = []
+        self.error: str | None = None
+
+
+@torch.no_grad()
+def own_history_replies(model: MultimodalLM, processor: Processor, records: list[dict], images: dict, *,
+                        max_new_tokens: int, batch_size: int = 64) -> dict[str, list[str] | str]:
+    """Per record id: the greedy reply to every round in a real chat, or the error (str) that stopped it
+    (the conversation outgrew the model's context, as ChatSession would refuse it)."""
+    out: dict[str, list[str] | str] = {}
+    order = sorted(records, key=lambda r: len(r["rounds"]))  # rows that end together share a batch
+    for i in range(0, len(order), batch_size):
+        rows = [_Row(rec, images.get(rec["id"])) for rec in order[i:i + batch_size]]
+        _run(model, processor, rows, max_new_tokens)
+        for row in rows:
+            out[row.record["id"]] = row.error if row.error is not None else row.replies
+    return out
+
+
+def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_tokens: int) -> None:
+    tok = processor.tokenizer
+    device = next(model.parameters()).device
+    max_len = model.decoder.max_seq_len
+    banned = torch.tensor(banned_ids(processor), device=device)
+    placeholders = {tok.media_ids[m]: (m, processor.media_tokens(m)) for m in processor.media}
+    B = len(rows)
+    cache = _Columns(max_len)
+    mask = torch.zeros(B, 0, dtype=torch.long, device=device)  # (B, S): 1 = a live column
+    encoded: dict[int, torch.Tensor] = {}  # id(part) -> (1, T_m, d)
+
+    def encode(part) -> torch.Tensor:
+        if id(part) not in encoded:
+            x = processor.media[part.type].transform(part, part.type)[None]  # (1, ...)
+            encoded[id(part)] = model.encode_media(**{MEDIA_KEYS[part.type]: x.to(device)})[part.type]
+        return encoded[id(part)]
+
+    def feed(new: list[list[int]], media_items: list[list], positions: list[int]) -> torch.Tensor:
+        """Append one chunk: row b's ids new[b] (left-aligned, pads after), its media items, positions from
+        positions[b]. Returns hidden (B, W, D)."""
+        nonlocal mask
+        W = max(len(n) for n in new)
+        S = mask.shape[1]
+        ids = torch.full((B, W), tok.pad_id, dtype=torch.long)
+        pos = torch.zeros(B, W, dtype=torch.long)
+        live = torch.zeros(B, W, dtype=torch.long)
+        for b, n in enumerate(new):
+            ids[b, :len(n)] = torch.tensor(n, dtype=torch.long)
+            pos[b] = positions[b] + torch.arange(W).clamp(max=max(len(n) - 1, 0))
+            live[b, :len(n)] = 1
+            rows[b].fed += n
+            rows[b].cols += range(S, S + len(n))
+        media: dict[str, list] = {}
+        for items in media_items:  # row-major, as the fusion fills the placeholder slots
+            for p in items:
+                media.setdefault(p.type, []).append(encode(p))
+        mask = torch.cat([mask, live.to(device)], 1)
+        return model.hidden(ids.to(device), {m: torch.cat(v) for m, v in media.items()}, attention_mask=mask,
+                            cache=cache, position_ids=pos.to(device))
+
+    def compact() -> None:
+        """Each row's live columns gathered to the right end, the dead ones dropped."""
+        nonlocal mask
+        if not cache.keys:
+            return
+        n = max(len(r.cols) for r in rows)
+        if n == mask.shape[1]:
+            return  # nothing dead
+        idx = torch.zeros(B, n, dtype=torch.long)
+        new_mask = torch.zeros(B, n, dtype=torch.long)
+        for b, r in enumerate(rows):
+            k = len(r.cols)
+            if k:
+                idx[b, n - k:] = torch.tensor(r.cols)
+                new_mask[b, n - k:] = 1
+            r.cols = list(range(n - k, n))
+        cache.gather(idx.to(device))
+        mask = new_mask.to(device)
+
+    for r in range(max(len(row.record["rounds"]) for row in rows)):
+        compact()
+        new, items, positions, active = [], [], [], []
+        for b, row in enumerate(rows):
+            if row.error is not None or r >= len(row.record["rounds"]):
+                new.append([]), items.append([]), positions.append(len(row.fed))
+                continue
+            row.conv.turns.append(Turn("user", user_parts(row.record, r, row.image)))
+            ids = processor.expanded_ids(row.conv, add_generation_prompt=True, where=f"dialogue {row.record['id']}")
+            if len(ids) >= max_len:
+                row.error = (f"the conversation needs {len(ids)} tokens, over the model's max_seq_len {max_len}; "
+                             "choose a context policy such as last_k or token_budget")
+                new.append([]), items.append([]), positions.append(len(row.fed))
+                continue
+            p = 0
+            while p < min(len(ids), len(row.fed)) and ids[p] == row.fed[p]:
+                p += 1
+            p = min(p, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
+            while p > 0 and ids[p - 1] in placeholders and ids[p] in placeholders and ids[:p].count(ids[p - 1]) \
+                    % placeholders[ids[p - 1]][1]:
+                p -= 1  # never cut a media item in two
+            dead = row.cols[p:]
+            if dead:
+                mask[b, dead] = 0
+            row.fed, row.cols = row.fed[:p], row.cols[:p]
+            conv_items = [x for t in row.conv.turns for x in t.parts if not isinstance(x, Text)]
+            kept = {m: ids[:p].count(tok.media_ids[m]) // processor.media_tokens(m) for m in processor.media}
+            fresh, seen = [], {m: 0 for m in processor.media}
+            for x in conv_items:
+                if seen[x.type] >= kept[x.type]:
+                    fresh.append(x)
+                seen[x.type] += 1
+            new.append(ids[p:]), items.append(fresh), positions.append(p)
+            active.append((b, len(ids)))
+        if not active:
+            continue
+        if mask.shape[1] + max(len(n) for n in new) + max_new_tokens > cache.capacity:
+            raise MMDialogError(f"a batch of {B} dialogues needs more than the model's {max_len} cache columns at "
+                                f"round {r}; run it with a smaller batch")
+        hidden = feed(new, items, positions)
+        last = torch.stack([hidden[b, len(new[b]) - 1] for b, _ in active])
+        logits = model.decoder.logits(last).float()  # (A, V)
+        limit = {b: min(max_new_tokens, max_len - n) for b, n in active}
+        reply: dict[int, list[int]] = {b: [] for b, _ in active}
+        going = [b for b, _ in active]
+        step = 0
+        while going:
+            logits[:, banned] = float("-inf")
+            if step == 0:
+                logits[:, tok.end_id] = float("-inf")  # a reply is never empty
+            choice = logits.argmax(-1).tolist()
+            still = []
+            for b, nxt in zip(going, choice):
+                if nxt == tok.end_id:
+                    continue
+                reply[b].append(nxt)
+                if len(reply[b]) < limit[b]:
+                    still.append((b, nxt))
+            if not still:
+                break
+            chunk = [[] for _ in range(B)]
+            for b, nxt in still:
+                chunk[b] = [nxt]
+            hidden = feed(chunk, [[] for _ in range(B)], [len(rows[b].fed) for b in range(B)])
+            going = [b for b, _ in still]
+            logits = model.decoder.logits(hidden[going, 0]).float()
+            step += 1
+        for b, _ in active:
+            text = tok.decode(reply[b])
+            rows[b].replies.append(text)
+            rows[b].conv.turns.append(Turn("assistant", [Text(text)]))
