@@ -8,7 +8,9 @@
 history (no ablations, no ranking) by the world path (run_lab on the world records) and by the file path (the
 split written as a ShareGPT file with its labels, read back with the training readers and checks, scored
 under normalised matching with token F1: the wrong gold-history replies are generated too); then the file
-path again with the six ablations. Prints seconds, accuracies and the ratios.
+path again with the six ablations. The world path is timed twice: as it was (the own history by one
+ChatSession per dialogue) and as it is now (batched, eval/batched_chat.py). Prints seconds, accuracies and
+the ratios.
 
 Prints wall seconds for the gold history by teacher forcing (one batched pass) and by generation (a
 ChatSession per dialogue, the reference), how many verdicts differ (and which), and the time of each
@@ -116,12 +118,22 @@ def file_path(ck, args) -> None:
         print(f"{len(records)} dialogues of {args.rounds} question rounds ({n_turns} assistant turns, {n_scored} "
               f"scored questions), max_new_tokens {max_new}, {torch.get_num_threads()} torch threads")
 
+        images = {r["id"]: record_image(r, world) for r in records}
+        t = time.perf_counter()
+        with torch.no_grad():
+            scorer = TeacherForcedScorer(ck.model, ck.processor, max_new_tokens=max_new)
+            gold = teacher_forced_rows(scorer, Context(), records, images)
+            own = own_history_rows(ck.model, ck.processor, records, images, max_new_tokens=max_new, batched=False)
+        t_before = time.perf_counter() - t
+        print(f"world path before (a ChatSession per dialogue): {t_before:6.1f}s   gold "
+              f"{sum(r['correct'] for r in gold) / len(gold):.4f}, own {sum(r['correct'] for r in own) / len(own):.4f}")
+
         t = time.perf_counter()
         world_lab = run_lab(ck.model, ck.processor, records, world, max_new_tokens=max_new, ablations=(),
                             ranking=0, progress=False)
         t_world = time.perf_counter() - t
         m = world_lab.metrics
-        print(f"world path, gold + own history:  {t_world:6.1f}s   gold {m['accuracy']['overall']:.4f}, own "
+        print(f"world path now (own history batched):          {t_world:6.1f}s   gold {m['accuracy']['overall']:.4f}, own "
               f"{m['modes']['own_history']['accuracy']['overall']:.4f}   ({world_lab.metrics['eval']['seconds']})")
 
         path = world_to_file(records, world, world / "test.sharegpt.jsonl", "sharegpt")
@@ -133,10 +145,11 @@ def file_path(ck, args) -> None:
                            ranking=0, progress=False, match="normalised", group_by=data.group_by, numeric=data.numeric)
         t_file = time.perf_counter() - t
         g, o = file_lab.metrics["gold_history"], file_lab.metrics["own_history"]
-        print(f"file path, gold + own history:   {t_file:6.1f}s   gold {g['overall']:.4f} (F1 {g['f1']:.4f}), own "
+        print(f"file path (eval --data), gold + own history:   {t_file:6.1f}s   gold {g['overall']:.4f} (F1 {g['f1']:.4f}), own "
               f"{o['overall']:.4f}   (reading {t_read:.1f}s, {file_lab.metrics['eval']['seconds']}; "
               f"{len(data.invalid)} invalid)")
-        print(f"file path / world path: {t_file / t_world:.2f}x")
+        print(f"file path / world path now: {t_file / t_world:.2f}x; file path / world path before: "
+              f"{t_file / t_before:.2f}x")
 
         t = time.perf_counter()
         abl = run_lab(ck.model, ck.processor, data.records, None, max_new_tokens=max_new, ranking=0, progress=False,

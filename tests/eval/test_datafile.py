@@ -197,3 +197,29 @@ def test_file_eval_on_a_model_that_knows_the_answers(memorised, files, tmp_path)
     assert len((out / "invalid.jsonl").read_text().splitlines()) == 4
     html = build_report([out], tmp_path / "report.html").read_text()
     assert "Gold history vs own history" in html and "By template" in html
+
+
+def test_the_eval_command_takes_a_data_file(memorised, files, tmp_path, capsys):
+    from mmdialog.cli import main
+
+    ckpt, _, _ = memorised
+    path = write_file(files / "cli.jsonl", "llava", extra_lines=bad_lines("llava"))
+    out = tmp_path / "cli"
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(path), "--group-by", "distance", "template",
+               "--match", "exact", "--ablations", "no_history", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["kind"] == "file" and m["format"] == "llava" and m["match"] == "exact" and len(m["invalid"]) == 4
+    assert m["gold_history"]["overall"] == 1.0 and m["own_history"]["overall"] == 1.0 and m["gap"]["overall"] == 0.0
+    assert set(m["ablations"]) == {"no_history"} and set(m["gold_history"]["by"]) == {"distance", "template"}
+    assert "4 invalid" in capsys.readouterr().out
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    # a file passed as --world says what to do; a checkpoint and a file with no valid record are clear errors
+    assert main(["eval", "--checkpoint", str(ckpt), "--world", str(path), "--out", str(tmp_path / "w")]) == 2
+    assert "--data" in capsys.readouterr().err
+    bad = files / "all-bad.jsonl"
+    bad.write_text("\n".join(bad_lines("llava")) + "\n")
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(bad), "--group-by", "distance",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "no valid record" in err and "4 invalid" in err and "line 1" in err
