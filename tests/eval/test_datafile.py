@@ -223,3 +223,31 @@ def test_the_eval_command_takes_a_data_file(memorised, files, tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "no valid record" in err and "4 invalid" in err and "line 1" in err
+
+
+@pytest.mark.parametrize("fmt", ["llava", "openai"])
+def test_the_world_written_as_a_file_scores_as_the_world_does(tiny, world32, tmp_path, fmt):
+    """One evaluation path: a world split as a dataset file (labels in meta.rounds) gives the world's figures."""
+    from mmdialog.eval.datafile import world_to_file
+    from mmdialog.eval.lab import run_lab
+
+    model, proc = tiny
+    world, records = world32
+    path = world_to_file(records[:3], world, tmp_path / f"w.{fmt}.jsonl", fmt)
+    data = read_eval_file(path, fmt, world, processor=proc, modalities=model.encoders.keys(),
+                          group_by=("distance", "family"))
+    assert not data.invalid and data.numeric == {"distance"}
+    kw = dict(max_new_tokens=3, ablations=("no_history", "no_media"), own_history=None, ranking=0, progress=False)
+    wr = run_lab(model, proc, records[:3], world, group_by=("distance", "family"), **kw)
+    fr = run_lab(model, proc, data.records, None, group_by=data.group_by, numeric=data.numeric, **kw)
+    for mode in ("gold_history", "own_history", "no_history", "no_media"):  # the same replies, turn by turn
+        assert [(r["round"], r["pred"], r["correct"]) for r in fr.predictions[mode]] == \
+            [(r["round"], r["pred"], r["correct"]) for r in wr.predictions[mode]], mode
+    w, f = wr.metrics, fr.metrics
+    assert "accuracy" not in f  # the world's own keys stay the world's
+    for key in ("gold_history", "own_history", "gap", "history_gain"):
+        assert f[key] == {k: w[key][k] for k in f[key]}, key
+    assert f["gold_history"]["by"]["distance"] == {
+        b: {"accuracy": w["accuracy"]["by_distance_fine"][b], "count": w["counts"]["by_distance_fine"][b]}
+        for b in w["accuracy"]["by_distance_fine"]}
+    assert f["ablations"]["no_media"]["overall"] == w["ablations"]["no_media"]["accuracy"]["overall"]
