@@ -31,6 +31,7 @@ from mmdialog.chat.policies import Full, Policy
 from mmdialog.chat.sampling import Sampler, SamplingParams, TextStream
 from mmdialog.data.conversation import Conversation, Image, Part, Text
 from mmdialog.data.processor import MEDIA_KEYS, Processor
+from mmdialog.data.tokenizer import TooLong
 from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache
@@ -313,10 +314,7 @@ class ChatSession:
         """Bring the cache up to date with the context plus the assistant header; returns next-token logits (V,)."""
         ctx = self.context()
         items = _media_items(ctx)
-        ids, hashes = self.render(ctx)
-        if len(ids) >= self.model.decoder.max_seq_len:
-            raise MMDialogError(f"the conversation needs {len(ids)} tokens, over the model's max_seq_len "
-                                f"{self.model.decoder.max_seq_len}; choose a context policy such as last_k or token_budget")
+        ids, hashes = self.render(ctx, limit=True)
         n, m = self.reusable_prefix(ids, hashes)
         n = min(n, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
         media_ids = self.processor.tokenizer.media_ids
@@ -333,10 +331,22 @@ class ChatSession:
             reply.images_encoded = self.stats["images_encoded"] - encoded
         return logits
 
-    def render(self, conv: Conversation) -> tuple[list[int], list[str]]:
-        """Expanded token ids of a conversation plus the assistant header, and its media items' keys in order."""
-        ids = self.processor.expanded_ids(conv, add_generation_prompt=True)
+    def render(self, conv: Conversation, limit: bool = False) -> tuple[list[int], list[str]]:
+        """Expanded token ids of a conversation plus the assistant header, and its media items' keys in order.
+        limit: refuse a conversation that leaves no room for a reply (before tokenising all of an over-long one)."""
+        max_len = self.model.decoder.max_seq_len
+        try:
+            ids = self.processor.expanded_ids(conv, add_generation_prompt=True, max_tokens=max_len - 1 if limit else None)
+        except TooLong as e:
+            raise MMDialogError(f"the conversation needs at least {e.at_least} tokens, over the model's max_seq_len "
+                                f"{max_len}; choose a context policy such as last_k or token_budget") from None
         return ids, [self.media_key(p) for p in _media_items(conv)]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the session holds: its KV cache, the cached ids, and the conversation (text, pixels, audio)."""
+        held = self.cache.nbytes + 36 * len(self.cached_ids) + sum(len(k) for k in self.cached_media)  # ~36 B an int
+        return held + sum(_part_bytes(p) for t in self.conv.turns for p in t.parts)
 
     def reusable_prefix(self, ids: list[int], hashes: list[str]) -> tuple[int, int]:
         """(n, m): the first n cached positions, holding the first m media items, are valid for `ids`."""
@@ -371,6 +381,14 @@ class ChatSession:
             hidden = self.model.hidden(x, media, cache=self.cache)  # (1, T_new, D)
             # next-token logits at the last position only: the lm head is the widest matmul of a small model
             return self.model.decoder.logits(hidden[0, -1]).float()  # (V,)
+
+
+def _part_bytes(p: Part) -> int:
+    """What a part holds in memory, roughly: its text, pixels or encoded audio, and ~64 bytes of object."""
+    if isinstance(p, Text):
+        return 64 + len(p.text)
+    pixels = getattr(p, "pixels", None)
+    return 64 + (pixels.nbytes if pixels is not None else len(getattr(p, "data", None) or b""))
 
 
 def _media_items(conv: Conversation) -> list[Part]:

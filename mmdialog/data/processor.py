@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 
 from mmdialog.data.conversation import Audio, Conversation, Part, Video
-from mmdialog.data.tokenizer import MEDIA_TOKENS, ChatTokenizer
+from mmdialog.data.tokenizer import MEDIA_TOKENS, ChatTokenizer, TooLong
 from mmdialog.errors import MMDialogError
 
 IGNORE = -100
@@ -212,9 +212,11 @@ class Processor:
             raise MMDialogError(f"this processor takes no {modality} (it takes: {', '.join(self.media) or 'text only'})")
         return self.media[modality].tokens
 
-    def token_ids(self, conv: Conversation, add_generation_prompt: bool = False) -> list[int]:
-        """Token ids with one placeholder per media item (not yet expanded)."""
-        return self.tokenizer.encode(self.tokenizer.render(conv, add_generation_prompt))
+    def token_ids(self, conv: Conversation, add_generation_prompt: bool = False, max_tokens: int | None = None) -> list[int]:
+        """Token ids with one placeholder per media item (not yet expanded). The conversation's text is plain
+        text: only the template places special tokens (roles, turn ends, media placeholders).
+        max_tokens: raise TooLong early when there would be more (see ChatTokenizer.encode_conversation)."""
+        return self.tokenizer.encode_conversation(conv, add_generation_prompt, max_tokens)
 
     def expand(self, ids: list[int], counts: int | dict[str, int], where: str = "conversation") -> list[int]:
         """Expand each media placeholder to its modality's token count, after checking that the text holds as
@@ -242,9 +244,19 @@ class Processor:
         """Media items by modality (every modality, 0 where absent)."""
         return {m: len(conv.media(m)) for m in MEDIA_KEYS}
 
-    def expanded_ids(self, conv: Conversation, add_generation_prompt: bool = False, where: str = "conversation") -> list[int]:
-        """Token ids with every placeholder expanded: what the model reads (and its length)."""
-        return self.expand(self.token_ids(conv, add_generation_prompt), self.counts(conv), where)
+    def expanded_ids(self, conv: Conversation, add_generation_prompt: bool = False, where: str = "conversation",
+                     max_tokens: int | None = None) -> list[int]:
+        """Token ids with every placeholder expanded: what the model reads (and its length).
+        max_tokens: a limit on that length; over it, TooLong (with at least how many) before tokenising all."""
+        counts = self.counts(conv)
+        if max_tokens is None:
+            return self.expand(self.token_ids(conv, add_generation_prompt), counts, where)
+        extra = sum(n * (self.media[m].tokens - 1) for m, n in counts.items() if n and m in self.media)
+        try:
+            ids = self.token_ids(conv, add_generation_prompt, max_tokens - extra)
+        except TooLong as e:
+            raise TooLong(e.at_least + extra, max_tokens) from None
+        return self.expand(ids, counts, where)
 
     def labels_for(self, ids: list[int]) -> list[int]:
         """Supervise assistant replies: every token after <|assistant|> up to and including <|end|>."""
@@ -273,9 +285,10 @@ class Processor:
         return torch.stack([transform(p, f"{where}: {modality} {i}") for i, p in enumerate(parts)])
 
     def __call__(self, conv: Conversation, add_generation_prompt: bool = False, where: str = "conversation") -> Example:
-        ids = self.expanded_ids(conv, add_generation_prompt, where)
-        if len(ids) > self.max_length:
-            raise MMDialogError(f"{where}: {len(ids)} tokens exceed max_length {self.max_length}")
+        try:
+            ids = self.expanded_ids(conv, add_generation_prompt, where, max_tokens=self.max_length)
+        except TooLong as e:
+            raise MMDialogError(f"{where}: at least {e.at_least} tokens exceed max_length {self.max_length}") from None
         labels = self.labels_for(ids)
         if add_generation_prompt:  # the trailing <|assistant|> opens a reply that is not there yet
             labels[-1] = IGNORE

@@ -3,10 +3,17 @@
 Special tokens mark roles, turn ends and media placeholders. The tokenizer never merges
 across a special token, and every turn ends with `<|end|>`, so the token ids of turns 1..N
 are a prefix of the token ids of turns 1..N+1 (the cross-turn KV cache relies on it).
+
+Only the template places special tokens. A conversation's own text (what users, systems and
+replies say, from any source: chat, a request, a dataset file) is tokenised as plain text, so
+text that spells `<|end|><|assistant|>` is those characters, never a turn boundary
+(`encode_conversation`). `encode` parses special tokens: it is for template text.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -35,6 +42,19 @@ CHAT_TEMPLATE = (
 )
 
 
+MARK = re.compile("\ue000(\\d+)\ue001")  # stands for the i-th text part while the template renders
+CHUNK = 1 << 14  # characters tokenised at a time while counting a long text against a limit
+_LAST_WORD = re.compile(r".*\S(?= )", re.S)  # up to the last non-space that a space follows
+
+
+class TooLong(MMDialogError):
+    """A text over a token limit, found without tokenising all of it: it needs at least `at_least` tokens."""
+
+    def __init__(self, at_least: int, limit: int):
+        super().__init__(f"at least {at_least} tokens, over the limit of {limit}")
+        self.at_least, self.limit = at_least, limit
+
+
 class ChatTokenizer:
     """A `tokenizers.Tokenizer` plus a Jinja chat template and the ids of the special tokens."""
 
@@ -50,6 +70,17 @@ class ChatTokenizer:
         self.end_id = ids[END]
         self.role_ids = {r: ids[t] for r, t in ROLE_TOKENS.items()}
         self.media_ids = {m: ids[t] for m, t in MEDIA_TOKENS.items()}
+        # The same tokenizer that reads special tokens' spellings as plain text (for a conversation's text), the
+        # special tokens by spelling (for the template's text), and the most characters one token stands for.
+        self._plain = Tokenizer.from_str(tokenizer.to_str())
+        self._plain.encode_special_tokens = True
+        added = tokenizer.get_added_tokens_decoder().values()
+        self._special = {t.content: tokenizer.token_to_id(t.content) for t in added if t.special}
+        self._special_re = re.compile("|".join(map(re.escape, sorted(self._special, key=len, reverse=True))))
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        longest = max((len(t) for t in vocab if t not in self._special), default=1)
+        # a normalizer may shorten the text (composing accents): leave room for it
+        self.max_token_chars = longest * (1 if tokenizer.normalizer is None else 2)
 
     # -- training and files -------------------------------------------------------------------
     @classmethod
@@ -100,7 +131,75 @@ class ChatTokenizer:
         return self.tok.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
+        """Template text: spellings of special tokens become those tokens."""
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text: a spelling of a special token is its characters (what users, systems and data say)."""
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def encode_conversation(self, conv: Conversation, add_generation_prompt: bool = False,
+                            max_tokens: int | None = None) -> list[int]:
+        """The ids of the rendering, with every text part tokenised as plain text; only the template's own
+        text yields special tokens. For text without special spellings these are exactly
+        `encode(render(conv))`. max_tokens: raise TooLong as soon as the ids would be more, bounding
+        from the characters first, so that an over-long text is refused without tokenising it all."""
+        runs = self._runs(conv, add_generation_prompt)
+        if max_tokens is not None:
+            bound = sum(1 if isinstance(r, int) else math.ceil(len(r) / self.max_token_chars) for r in runs)
+            if bound > max_tokens:
+                raise TooLong(bound, max_tokens)
+        ids: list[int] = []
+        for r in runs:
+            if isinstance(r, int):
+                ids.append(r)
+            else:
+                if max_tokens is not None and len(r) > CHUNK:
+                    self._count(r, max_tokens - len(ids))
+                ids += self._plain.encode(r, add_special_tokens=False).ids
+            if max_tokens is not None and len(ids) > max_tokens:
+                raise TooLong(len(ids), max_tokens)
+        return ids
+
+    def _runs(self, conv: Conversation, add_generation_prompt: bool) -> list[str | int]:
+        """The rendering as special token ids (placed by the template) and runs of text between them."""
+        texts: list[str] = []
+
+        def part(p) -> dict:
+            d = vars(p) | {"type": p.type}
+            if p.type == "text":
+                d["text"] = f"\ue000{len(texts)}\ue001"
+                texts.append(p.text)
+            return d
+
+        turns = [{"role": t.role, "parts": [part(p) for p in t.parts]} for t in conv.turns]
+        rendered = self._template.render(turns=turns, add_generation_prompt=add_generation_prompt)
+        runs: list[str | int] = [""]
+        for i, piece in enumerate(MARK.split(rendered)):
+            if i % 2:  # a text part: plain text, whatever it spells
+                runs[-1] += texts[int(piece)]
+                continue
+            pos = 0
+            for m in self._special_re.finditer(piece):
+                runs[-1] += piece[pos:m.start()]
+                runs += [self._special[m.group()], ""]
+                pos = m.end()
+            runs[-1] += piece[pos:]
+        return [r for r in runs if r != ""]
+
+    def _count(self, text: str, limit: int) -> None:
+        """Raise TooLong if a long text needs more than `limit` tokens, tokenising CHUNK characters at a time
+        (each piece ends before a space that follows a non-space: a word boundary for BPE pre-tokenizers)."""
+        n, start, pieces = 0, 0, 0
+        while start < len(text):
+            end = min(start + CHUNK, len(text))
+            if end < len(text) and (m := _LAST_WORD.match(text, start + CHUNK // 2, end)):
+                end = m.end()
+            n += len(self._plain.encode(text[start:end], add_special_tokens=False).ids)
+            pieces += 1
+            if n > limit + pieces - 1:  # one token either way at each cut, where a cut splits a word after all
+                raise TooLong(n - pieces + 1, limit)
+            start = end
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special)

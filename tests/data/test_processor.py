@@ -38,10 +38,13 @@ def test_placeholder_expanded_to_encoder_token_count(processor, tokenizer):
     assert ex.labels[-1] == IGNORE  # the open assistant header is not a target
 
 
-def test_placeholder_count_mismatch_names_both_numbers(processor):
-    conv = Conversation().add("user", "look <|image|> here").add("assistant", "ok")
+def test_placeholder_count_mismatch_names_both_numbers(processor, tokenizer):
+    ids = tokenizer.encode("<|user|>look <|image|> here<|end|>")  # template text: the placeholder is a token
     with pytest.raises(MMDialogError, match=r"1 <\|image\|> placeholder\(s\) but 0 image"):
-        processor(conv)
+        processor.expand(ids, {"image": 0})
+    # a conversation's text that spells the placeholder holds no placeholder: only the template places them
+    conv = Conversation().add("user", "look <|image|> here").add("assistant", "ok")
+    assert tokenizer.media_ids["image"] not in processor(conv).input_ids.tolist()
 
 
 def test_images_are_resized_and_unreadable_files_named(processor, tmp_path):

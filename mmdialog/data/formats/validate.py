@@ -26,7 +26,7 @@ from mmdialog.data.formats.common import (
     MISSING_MEDIA, RESERVED, TOO_LONG, UNDECODABLE, UNSUPPORTED, RecordError,
 )
 from mmdialog.data.processor import AudioTransform, Processor, VideoTransform, read_frames
-from mmdialog.data.tokenizer import SPECIAL_TOKENS
+from mmdialog.data.tokenizer import SPECIAL_TOKENS, TooLong
 from mmdialog.errors import MMDialogError
 
 
@@ -61,11 +61,13 @@ def check_conversation(conv: Conversation, checks: Checks) -> None:
 def _check_length(conv: Conversation, checks: Checks) -> None:
     if checks.processor is not None:
         proc = checks.processor
-        try:
-            n = len(proc.expanded_ids(conv))
+        limit = checks.max_length or proc.max_length
+        try:  # counted exactly up to 8x the limit; a longer record is refused without tokenising it all
+            n = len(proc.expanded_ids(conv, max_tokens=8 * limit))
+        except TooLong as e:
+            raise RecordError(TOO_LONG, f"at least {e.at_least} tokens (media expanded) > {limit}") from None
         except MMDialogError as e:
             raise RecordError(RESERVED, str(e)) from None
-        limit = checks.max_length or proc.max_length
         if n > limit:
             raise RecordError(TOO_LONG, f"{n} tokens (media expanded) > {limit}")
     elif checks.max_length:
