@@ -231,9 +231,11 @@ def cmd_serve(args) -> None:
 
     from mmdialog.serve import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("MMDIALOG_API_KEY"),
-          allow_dir=args.allow_dir, model_name=args.model_name, max_new_tokens=args.max_new_tokens,
-          cache_mb=args.cache_mb, max_body_mb=args.max_body_mb, max_images=args.max_images)
+    keys = args.api_key or [k for k in [os.environ.get("MMDIALOG_API_KEY")] if k]
+    serve(args.checkpoint, host=args.host, port=args.port, api_key=keys, allow_dir=args.allow_dir,
+          model_name=args.model_name, max_new_tokens=args.max_new_tokens, cache_mb=args.cache_mb,
+          max_body_mb=args.max_body_mb, max_images=args.max_images, max_image_pixels=args.max_image_pixels,
+          workers=args.workers, queue=args.queue, timeout_s=args.timeout, allowed_hosts=args.allowed_host)
 
 
 def cmd_data_check(args) -> int:
@@ -540,18 +542,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("serve", help="OpenAI-compatible HTTP API and a web chat page",
                         description="Serve /v1/chat/completions (streaming too), /v1/models, /health and a chat page "
-                                    "at /. Sessions are cached across requests that extend an earlier conversation.")
-    sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
-    sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the /v1 endpoints; /health and the page "
-                                      "at / (which asks for the key) stay open (default: $MMDIALOG_API_KEY, else none)")
+                                    "at /. Sessions are cached across requests that extend an earlier conversation, "
+                                    "and reused only within one API key (and one cache_salt or user field).")
+    sp.add_argument("--checkpoint", required=True, help="a training checkpoint or an export")
+    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s, this machine "
+                                                         "only)")
+    sp.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    sp.add_argument("--api-key", action="append", metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on the /v1 endpoints; /health and the page at / (which "
+                         "asks for the key) stay open. Repeat it for several clients: each key's cached sessions "
+                         "are its own (default: $MMDIALOG_API_KEY, else none: anyone who reaches the port may use it)")
+    sp.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="a name the Host header may carry besides IP addresses, localhost and --host (repeatable; "
+                         "other names are refused, against DNS rebinding) (default: none)")
     sp.add_argument("--allow-dir", help="let requests name local image files under this directory (default: none)")
     sp.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: mmdialog)")
-    sp.add_argument("--max-new-tokens", type=int, default=64, help="reply length when a request gives no max_tokens")
-    sp.add_argument("--cache-mb", type=int, default=512, help="memory for cached sessions' KV caches (LRU beyond it)")
-    sp.add_argument("--max-body-mb", type=float, default=16, help="largest request body accepted")
-    sp.add_argument("--max-images", type=int, default=8, help="most images in one request")
+    sp.add_argument("--max-new-tokens", type=int, default=64,
+                    help="reply length when a request gives no max_tokens (default: %(default)s)")
+    sp.add_argument("--cache-mb", type=int, default=512,
+                    help="memory for what is kept between requests: sessions' KV caches, token ids and conversations, "
+                         "and encoded images; least recently used go first (default: %(default)s)")
+    sp.add_argument("--max-body-mb", type=float, default=16, help="largest request body accepted (default: %(default)s)")
+    sp.add_argument("--max-images", type=int, default=8, help="most images in one request (default: %(default)s)")
+    sp.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                    help="most pixels (width x height) of one image, read from its header before it is decoded "
+                         "(default: %(default)s)")
+    sp.add_argument("--workers", type=int, default=4,
+                    help="requests parsed, tokenised and generated at once (default: %(default)s)")
+    sp.add_argument("--queue", type=int, default=64,
+                    help="requests that may wait for a worker; beyond them 429 with Retry-After (default: %(default)s)")
+    sp.add_argument("--timeout", type=float, default=300,
+                    help="seconds a request may take, waiting included, before it gets 504 (default: %(default)s)")
     sp.set_defaults(func=cmd_serve)
     return p
 

@@ -1,114 +1,262 @@
 """An OpenAI-compatible HTTP API over a chat model: /v1/chat/completions (streaming too), /v1/models, /health, /.
 
-    request JSON --parse_request--> Conversation + SamplingParams --pool.checkout--> ChatSession (a fork of
-    the cached session sharing the longest prefix) --stream--> text pieces --> JSON or server-sent events
-    --pool.checkin--> the session, now holding the reply, cached for the client's next request
+    request --admission (429 when the queue is full)--> body --parse_request--> Conversation + SamplingParams
+    --pool.checkout--> ChatSession (a fork of the tenant's cached session sharing the longest prefix)
+    --stream--> text pieces --> JSON or server-sent events --pool.checkin--> the session, now holding the
+    reply, cached for the same tenant's next request
 
 Every failure a client can cause is a 4xx with OpenAI's error JSON naming the problem; anything else
 is a 500 with the exception's type only (the traceback goes to the server log, not the client).
+
+The event loop only reads requests and writes responses: parsing, image decoding, tokenising and
+the model run in at most `Capacity.workers` threads; requests beyond them wait in a queue of
+`Capacity.queue` places, and beyond that are refused with 429 and Retry-After. A request not done
+within `Capacity.timeout_s` gets 504. /health never waits for any of it.
+
+Without an API key anyone who can reach the port can use the server, so it also refuses what a web
+page in the user's browser could send it: a body that is not application/json (a cross-site form
+or a "simple" fetch) and a Host header naming another site (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmdialog.chat.session import ChatSession
 from mmdialog.errors import MMDialogError
 from mmdialog.serve.messages import APIError, Limits, parse_request
 from mmdialog.serve.page import PAGE
-from mmdialog.serve.pool import MediaCache, SessionPool
+from mmdialog.serve.pool import SessionPool
 
 log = logging.getLogger("mmdialog.serve")
 PUBLIC_PATHS = {"/health", "/"}  # the page holds no data; it asks for the key and sends it with each call
+LOCAL_NAMES = {"localhost", "localhost.localdomain"}
 
 
-def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str | None = None,
+@dataclass
+class Capacity:
+    workers: int = 4  # requests parsed, tokenised and generated at once (threads); the rest wait
+    queue: int = 64  # requests waiting beyond the workers; more are refused with 429
+    timeout_s: float = 300.0  # a request not done by then (queueing included) gets 504
+
+
+class Admission:
+    """Counts the requests in the server (working or waiting); touched only on the event loop."""
+
+    def __init__(self, capacity: Capacity):
+        self.capacity = capacity
+        self.limiter = anyio.CapacityLimiter(capacity.workers)
+        self.inside = 0
+
+    def enter(self) -> None:
+        if self.inside >= self.capacity.workers + self.capacity.queue:
+            raise APIError(429, f"the server is busy: {self.inside} requests are in progress or queued, the most "
+                                f"it takes; retry shortly", code="rate_limit_exceeded", type="rate_limit_error",
+                           headers={"Retry-After": "1"})
+        self.inside += 1
+
+    def leave(self) -> None:
+        self.inside -= 1
+
+    def stats(self) -> dict:
+        working = self.limiter.borrowed_tokens
+        return {"working": working, "waiting": max(0, self.inside - working), "workers": self.capacity.workers,
+                "queue": self.capacity.queue}
+
+
+def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str | Sequence[str] | None = None,
                allow_dir: str | Path | None = None, limits: Limits | None = None,
-               cache_bytes: int = 512 * 2**20) -> FastAPI:
+               cache_bytes: int = 512 * 2**20, capacity: Capacity | None = None,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """api_key: one key or several; sessions are reused only within one key's requests.
+    allowed_hosts: Host header names accepted besides IP addresses and localhost; None: no Host check
+    (`serve` always checks, with the address it binds and --allowed-host)."""
     limits = limits or Limits()
+    capacity = capacity or Capacity()
+    keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
     allow = Path(allow_dir).resolve() if allow_dir else None
     if allow is not None and not allow.is_dir():
         raise MMDialogError(f"--allow-dir {allow_dir} is not a directory")
+    hosts = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts} | LOCAL_NAMES
+    image_size = processor.image_size if "image" in model.encoders else None
     model_lock = threading.Lock()  # one forward pass at a time; requests interleave token by token
-    media_cache = MediaCache()
-    pool = SessionPool(lambda: ChatSession(model, processor, media_cache=media_cache, lock=model_lock), cache_bytes)
+    pool = SessionPool(lambda media: ChatSession(model, processor, media_cache=media, lock=model_lock), cache_bytes)
+    admission = Admission(capacity)
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     created = int(time.time())
     app = FastAPI(title="mmdialog", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.pool = pool
+    app.state.pool, app.state.admission = pool, admission
+
+    def error(e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return error(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
         message = {404: f"no such endpoint: {request.method} {request.url.path}",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
-        return JSONResponse(APIError(e.status_code, message, code="not_found" if e.status_code == 404 else None).body(),
-                            status_code=e.status_code)
+        return error(APIError(e.status_code, message, code="not_found" if e.status_code == 404 else None))
 
     @app.exception_handler(Exception)
     async def server_error(request, e: Exception):
         log.exception("internal error on %s", request.url.path)
-        return JSONResponse(APIError(500, f"internal server error ({type(e).__name__}); see the server log",
-                                     type="server_error").body(), status_code=500)
+        return error(APIError(500, f"internal server error ({type(e).__name__}); see the server log", type="server_error"))
 
     @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if api_key and request.url.path not in PUBLIC_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                what = "missing" if not given else "wrong"
-                return JSONResponse(APIError(401, f"{what} API key: send the header 'Authorization: Bearer KEY'",
-                                             code="invalid_api_key").body(), status_code=401)
+    async def guard(request: Request, call_next):
+        try:
+            if hosts is not None:
+                check_host(request.headers.get("host", ""), hosts)
+            if keys and request.url.path not in PUBLIC_PATHS:
+                request.state.key = check_key(request.headers.get("authorization", ""), keys)
+            if request.method == "POST":
+                kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind != "application/json":
+                    raise APIError(415, f"the request body must be sent as Content-Type: application/json "
+                                        f"(got {kind or 'none'!r})", code="unsupported_media_type")
+        except APIError as e:
+            return error(e)
         return await call_next(request)
 
     @app.get("/health")
-    def health():
-        return {"status": "ok", "model": model_name, **pool.stats()}
+    async def health():  # on the event loop: never queued behind model work
+        return {"status": "ok", "model": model_name, **pool.stats(), "resident_bytes": resident_bytes(),
+                "model_bytes": model_bytes, **admission.stats()}
 
     @app.get("/", response_class=HTMLResponse)
-    def page():
+    async def page():
         return PAGE.replace("{{MODEL}}", model_name)
 
     @app.get("/v1/models")
-    def models():
+    async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "mmdialog"}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await read_json(request, limits.max_body_bytes)
-        req = await run_in_threadpool(parse_request, body, limits, allow)  # base64 and image decoding
-        if req.model is not None and req.model != model_name:
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}", "model",
-                           "model_not_found")
-        session, source, stream = await run_in_threadpool(start, pool, req)
+        admission.enter()
+        try:
+            deadline = time.monotonic() + capacity.timeout_s
+            raw = await read_body(request, limits.max_body_bytes)
+
+            async def work(fn, *args):
+                """fn(*args) in a worker thread (waiting for one in the queue), within the request's deadline."""
+                try:
+                    with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                        return await anyio.to_thread.run_sync(fn, *args, limiter=admission.limiter)
+                except TimeoutError:
+                    raise timed_out(capacity.timeout_s) from None
+
+            req = await work(parse, raw, limits, allow, image_size)
+            if req.model is not None and req.model != model_name:
+                raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}", "model",
+                               "model_not_found")
+            tenant = tenant_of(getattr(request.state, "key", ""), req.cache_salt)
+            session, source, stream = await work(start, pool, req, tenant)
+        except BaseException:
+            admission.leave()
+            raise
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not req.stream:
-            text = await run_in_threadpool(finish, pool, session, source, stream)
+            try:
+                text = await work(finish, pool, session, source, stream, tenant, deadline, capacity.timeout_s)
+            finally:
+                admission.leave()
             r = stream.reply
             return {"id": rid, "object": "chat.completion", "created": now, "model": model_name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": r.finish_reason}],
                     "usage": usage(r)}
-        return StreamingResponse(sse(pool, session, source, stream, req.include_usage, rid, now, model_name),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+        async def events():
+            try:
+                async for chunk in sse(work, pool, session, source, stream, tenant, req.include_usage, rid, now,
+                                       model_name):
+                    yield chunk
+            finally:
+                admission.leave()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
 
 
-async def read_json(request: Request, max_bytes: int):
+def check_host(header: str, hosts: set[str]) -> None:
+    """A Host header is an IP address, a local name, or one the operator allowed: a page on another site that
+    a DNS record points at this machine (rebinding) sends its own name and is refused."""
+    name = host_name(header)
+    try:
+        ipaddress.ip_address(name)
+        return
+    except ValueError:
+        pass
+    if name not in hosts:
+        raise APIError(400, f"the Host header {header!r} is not a name this server answers to; start it with "
+                            f"--allowed-host {name or 'NAME'} to accept it", code="invalid_host")
+
+
+def host_name(header: str) -> str:
+    """'Example.org:8000' -> 'example.org', '[::1]:8000' -> '::1'."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def check_key(header: str, keys: list[str]) -> str:
+    """Which key the Authorization header holds ('key0', 'key1', ...); the scheme is case-insensitive."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip().encode() if scheme.lower() == "bearer" else b""
+    found = ""
+    for i, k in enumerate(keys):  # every key compared, in constant time each
+        if hmac.compare_digest(token, k.encode()) and not found:
+            found = f"key{i}"
+    if not found:
+        what = "missing" if not header else "wrong"
+        raise APIError(401, f"{what} API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
+    return found
+
+
+def tenant_of(key: str, salt: str) -> str:
+    """Requests share cached sessions and encodings only with the same key and the same cache salt."""
+    return hashlib.sha256(f"{key}\0{salt}".encode()).hexdigest()[:32] if key or salt else ""
+
+
+def timed_out(seconds: float) -> APIError:
+    return APIError(504, f"the request did not finish within the server's timeout of {seconds:g} s; "
+                         "retry later or ask for fewer tokens", code="timeout", type="server_error")
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now (Linux), else its peak."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise APIError(413, f"the request body is {int(declared)} bytes, over the limit of {max_bytes}",
@@ -119,26 +267,40 @@ async def read_json(request: Request, max_bytes: int):
         if size > max_bytes:
             raise APIError(413, f"the request body is over the limit of {max_bytes} bytes", code="request_too_large")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse(raw: bytes, limits: Limits, allow: Path | None, image_size: int | None):
+    """The request body, parsed and checked (JSON, base64, images decoded); in a worker thread."""
     try:
-        return json.loads(b"".join(chunks))
-    except ValueError as e:
+        body = json.loads(raw)
+    except RecursionError:
+        raise APIError(400, "the request body is not valid JSON for this server: it nests arrays or objects too "
+                            "deeply", code="invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, and bytes that are not UTF-8
         raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    return parse_request(body, limits, allow, image_size)
 
 
-def start(pool: SessionPool, req):
+def start(pool: SessionPool, req, tenant: str):
     """Take a session for the request and prefill it; errors here (context too long) become 400s."""
-    session, source = pool.checkout(req.conversation)
     try:
+        session, source = pool.checkout(req.conversation, tenant)
         stream = session.generate_stream(commit=True, sampling=req.sampling)
     except MMDialogError as e:
         raise APIError(400, str(e), "messages", "context_length_exceeded" if "max_seq_len" in str(e) else None) from None
     return session, source, stream
 
 
-def finish(pool, session, source, stream) -> str:
-    text = stream.text()
-    pool.checkin(session, source)
-    return text
+def finish(pool, session, source, stream, tenant, deadline: float, timeout_s: float) -> str:
+    try:
+        for _ in stream:
+            if time.monotonic() > deadline:
+                raise timed_out(timeout_s)
+    finally:
+        stream.close()  # a no-op once the reply is complete; else the turn is abandoned
+    pool.checkin(session, source, tenant)
+    return stream.reply.text
 
 
 def usage(r) -> dict:
@@ -147,9 +309,9 @@ def usage(r) -> dict:
             "prompt_tokens_details": {"cached_tokens": r.cached_tokens}}
 
 
-def sse(pool, session, source, stream, include_usage, rid, created, model_name):
+async def sse(work, pool, session, source, stream, tenant, include_usage, rid, created, model_name):
     """OpenAI's chunk format: a role chunk, content chunks, a finish chunk, [usage chunk], then [DONE].
-    A sync generator: Starlette runs it in a worker thread, so decoding never blocks the event loop."""
+    Each piece is decoded in a worker thread (`work`), so decoding never blocks the event loop."""
 
     def event(delta, finish_reason=None, **extra):
         chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -158,15 +320,17 @@ def sse(pool, session, source, stream, include_usage, rid, created, model_name):
 
     try:
         yield event({"role": "assistant", "content": ""})
-        for piece in stream:
+        while (piece := await work(next, stream, None)) is not None:
             yield event({"content": piece})
-        pool.checkin(session, source)
+        await work(pool.checkin, session, source, tenant)
         yield event({}, stream.reply.finish_reason)
         if include_usage:
             chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                      "choices": [], "usage": usage(stream.reply)}
             yield f"data: {json.dumps(chunk)}\n\n"
-    except Exception as e:  # headers are sent: report in the stream, as OpenAI does
+    except APIError as e:  # the timeout: headers are sent, so it is reported in the stream, as OpenAI does
+        yield f"data: {json.dumps(e.body())}\n\n"
+    except Exception as e:
         log.exception("error while streaming %s", rid)
         yield f"data: {json.dumps(APIError(500, f'generation failed ({type(e).__name__})', type='server_error').body())}\n\n"
     finally:
@@ -174,18 +338,24 @@ def sse(pool, session, source, stream, include_usage, rid, created, model_name):
     yield "data: [DONE]\n\n"
 
 
-def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | Sequence[str] | None = None,
           allow_dir: str | None = None, model_name: str | None = None, max_new_tokens: int = 64,
-          cache_mb: int = 512, max_body_mb: float = 16, max_images: int = 8) -> None:
+          cache_mb: int = 512, max_body_mb: float = 16, max_images: int = 8, max_image_pixels: int = 4096 * 4096,
+          workers: int = 4, queue: int = 64, timeout_s: float = 300.0, allowed_hosts: Sequence[str] = ()) -> None:
     import uvicorn
 
     from mmdialog.export import load_any
 
     ck = load_any(checkpoint)  # a training checkpoint or an export
     name = model_name or "mmdialog"
-    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_new_tokens=max_new_tokens)
+    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_new_tokens=max_new_tokens,
+                    max_image_pixels=max_image_pixels)
     app = create_app(ck.model, ck.processor, model_name=name, api_key=api_key, allow_dir=allow_dir, limits=limits,
-                     cache_bytes=cache_mb * 2**20)
-    auth = "an API key" if api_key else "no API key"
+                     cache_bytes=cache_mb * 2**20, capacity=Capacity(workers, queue, timeout_s),
+                     allowed_hosts=[host, *allowed_hosts])
+    if api_key:
+        auth = "an API key" if isinstance(api_key, str) or len(api_key) == 1 else f"{len(api_key)} API keys"
+    else:
+        auth = "no API key: anyone who can reach this address can use it; set --api-key or MMDIALOG_API_KEY"
     print(f"serving {name} on http://{host}:{port}/ ({auth}; chat page at /, API at /v1/chat/completions)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
