@@ -92,7 +92,7 @@ class Sampler:
             logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if p.greedy:
             return int(logits.argmax())
-        logits = logits / p.temperature
+        logits = logits / max(p.temperature, 1e-6)  # below ~1e-38 a float32 divisor is 0 (and the logits NaN)
         if p.top_k and p.top_k < logits.numel():
             kth = torch.topk(logits, p.top_k).values[-1]
             logits[logits < kth] = float("-inf")

@@ -175,7 +175,7 @@ def parse_messages(messages, limits: Limits, allow_dir: Path | None, image_size:
         if not isinstance(m, dict):
             raise bad(f"{where} must be an object with role and content", where)
         role = m.get("role")
-        if role not in ROLE_NAMES:
+        if not isinstance(role, str) or role not in ROLE_NAMES:
             raise bad(f"{where}.role {role!r} is not supported; use one of: system, developer, user, assistant",
                       f"{where}.role")
         parts = parse_content(m.get("content"), where, role, limits, allow_dir, image_size)

@@ -37,7 +37,7 @@ def test_data_check_reports_each_file(capsys):
     assert rc == 1  # some records are invalid
     assert f"{FIXTURES / 'llava.json'} (llava): 12 records read, 5 valid, 7 invalid" in out
     assert f"{FIXTURES / 'openai.jsonl'} (openai): 9 records read, 3 valid, 6 invalid" in out
-    assert "  line 39: tag count differs from media count: 2 <image> tag(s)" in out
+    assert "  line 39 (record 5): tag count differs from media count: 2 <image> tag(s)" in out
 
 
 def test_data_check_json(capsys):
@@ -46,7 +46,7 @@ def test_data_check_json(capsys):
     report = json.loads(out)
     assert rc == 1 and (report["records"], report["valid"]) == (10, 3)
     assert [i["line"] for i in report["invalid"]] == [4, 5, 6, 7, 8, 9, 10]
-    assert set(report["invalid"][0]) == {"file", "line", "reason"}
+    assert set(report["invalid"][0]) == {"file", "line", "record", "reason"}
     assert report["files"][0]["format"] == "sharegpt" and len(report["files"][0]["invalid"]) == 7
 
 
@@ -72,7 +72,7 @@ def trained(tmp_path_factory):
 
 def test_training_on_a_llava_file_reports_what_it_skipped(trained):
     skipped = [json.loads(l) for l in (trained / "skipped.jsonl").read_text().splitlines()]
-    assert [s["record"] for s in skipped] == [f"line {n}" for n in (30, 39, 47, 55, 63, 71, 79)]
+    assert [s["record"] for s in skipped] == [f"line {n} (record {i})" for i, n in enumerate((30, 39, 47, 55, 63, 71, 79), 4)]
     assert skipped[0]["reason"].startswith("role order broken")
     log = [json.loads(l) for l in (trained / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and all(r["loss"] > 0 for r in log)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -57,12 +58,23 @@ class Record:
     line: int
     conversation: Conversation | None = None
     reason: str | None = None
+    index: int = 0  # the record's 1-based place in the file (see stream.RawRecord)
 
 
 @dataclass
 class Invalid:
     line: int
     reason: str
+    record: int = 0  # the record's 1-based place in the file: it names one of many records on one line
+
+
+_RECORD_ID = re.compile(r"line (\d+)(?: \(record (\d+)\))?$")
+
+
+def record_order(record_id: str) -> tuple[int, int]:
+    """(line, record) of an id such as "line 3" or "shard.json line 1 (record 4)", to sort ids in file order."""
+    m = _RECORD_ID.search(record_id)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else (0, 0)
 
 
 @dataclass
@@ -72,17 +84,18 @@ class CheckReport:
     records: int = 0
     valid: int = 0
     invalid: list[Invalid] = field(default_factory=list)
+    array: bool = False  # one JSON array: a line may hold many records, so reports name the record too
 
     def to_dict(self) -> dict:
         return {"file": self.file, "format": self.format, "records": self.records, "valid": self.valid,
-                "invalid": [{"line": i.line, "reason": i.reason} for i in self.invalid]}
+                "invalid": [{"line": i.line, "record": i.record, "reason": i.reason} for i in self.invalid]}
 
     def text(self, limit: int = 0) -> str:
         """What `mmdialog data check` prints: a summary line, then one line per invalid record."""
         lines = [f"{self.file} ({self.format}): {self.records} records read, {self.valid} valid, "
                  f"{len(self.invalid)} invalid"]
         shown = self.invalid[:limit] if limit else self.invalid
-        lines += [f"  line {i.line}: {i.reason}" for i in shown]
+        lines += [f"  line {i.line}{f' (record {i.record})' if self.array else ''}: {i.reason}" for i in shown]
         if len(shown) < len(self.invalid):
             lines.append(f"  ... and {len(self.invalid) - len(shown)} more")
         return "\n".join(lines)
@@ -99,6 +112,7 @@ class DataFile:
         if not root.is_dir():
             raise MMDialogError(f"media root not found: {root} (for {self.path})")
         self.media = MediaRoot(root)
+        self.array = layout(self.path) == "array"
         if fmt == "auto":
             head = [r.value for r in itertools.islice(iter_records(self.path), DETECT_RECORDS) if r.error is None]
             fmt = detect_format(head, self.path)
@@ -107,22 +121,24 @@ class DataFile:
 
     label: str = ""  # names the file in record ids when training reads several ("shard-1.jsonl line 3")
 
-    def record_id(self, line: int) -> str:
-        return f"{self.label} line {line}" if self.label else f"line {line}"
+    def record_id(self, line: int, index: int = 0) -> str:
+        """"line 3", "shard-1.jsonl line 3"; in a JSON array, also the record's place: "line 1 (record 4)"."""
+        rid = f"{self.label} line {line}" if self.label else f"line {line}"
+        return f"{rid} (record {index})" if self.array and index else rid
 
     def record(self, raw: RawRecord, checks: Checks | None = None) -> Record:
         """One parsed record as a conversation, or the reason it is refused. checks=None: conversion only."""
         if raw.error is not None:
             reason = raw.error if raw.error.startswith(NOT_JSON) else f"{NOT_JSON}: {raw.error}"
-            return Record(raw.line, reason=reason)
+            return Record(raw.line, reason=reason, index=raw.index)
         try:
             conv = self.converter.from_record(raw.value, self.media)
             if checks is not None:
                 check_conversation(conv, checks)
         except RecordError as e:
-            return Record(raw.line, reason=str(e))
-        conv.meta.update(id=self.record_id(raw.line), line=raw.line, source=str(self.path))
-        return Record(raw.line, conv)
+            return Record(raw.line, reason=str(e), index=raw.index)
+        conv.meta.update(id=self.record_id(raw.line, raw.index), line=raw.line, source=str(self.path))
+        return Record(raw.line, conv, index=raw.index)
 
     def records(self, checks: Checks | None = None) -> Iterator[Record]:
         """Every record with its conversation, or the reason it is refused. checks=None: conversion only."""
@@ -142,13 +158,13 @@ class DataFile:
         return self.record(read_jsonl_at(self.path, offset, line))
 
     def check(self, checks: Checks) -> CheckReport:
-        report = CheckReport(str(self.path), self.format)
+        report = CheckReport(str(self.path), self.format, array=self.array)
         for rec in self.records(checks):
             report.records += 1
             if rec.conversation is not None:
                 report.valid += 1
             else:
-                report.invalid.append(Invalid(rec.line, rec.reason))
+                report.invalid.append(Invalid(rec.line, rec.reason, rec.index))
         return report
 
     def texts(self) -> Iterator[str]:
@@ -165,12 +181,12 @@ class DataFile:
         def valid() -> Iterator[Conversation]:
             for rec in self.records(Checks(processor=processor, modalities=frozenset(modalities))):
                 if rec.conversation is None:
-                    refused.append(Skipped(f"line {rec.line}", rec.reason))
+                    refused.append(Skipped(self.record_id(rec.line, rec.index), rec.reason))
                 else:
                     yield rec.conversation
 
         ds = ConversationDataset.build(valid(), processor, desc=f"processing {self.path.name}", progress=progress)
-        ds.skipped = sorted(ds.skipped + refused, key=lambda s: int(s.id.split()[-1]))
+        ds.skipped = sorted(ds.skipped + refused, key=lambda s: record_order(s.id))
         return ds
 
     def to_record(self, conv: Conversation) -> dict:
@@ -217,10 +233,10 @@ class DataSource:
         for f in self.files:
             yield from f.texts()
 
-    def sort_key(self, record_id: str) -> tuple[int, int]:
-        """(file, line) of a record id, for reporting skipped records in reading order."""
-        label, _, line = record_id.rpartition("line ")
-        return self._order.get(label.strip(), 0), int(line)
+    def sort_key(self, record_id: str) -> tuple[int, int, int]:
+        """(file, line, record) of a record id, for reporting skipped records in reading order."""
+        label = record_id.rpartition("line ")[0].strip()
+        return (self._order.get(label, 0), *record_order(record_id))
 
     def dataset(self, processor: Processor, modalities, progress: bool = True, lazy: bool = False):
         """The training set: every valid record processed up front (ConversationDataset), or with lazy=True
@@ -237,7 +253,7 @@ class DataSource:
             for f in self.files:
                 for rec in f.records(checks):
                     if rec.conversation is None:
-                        refused.append(Skipped(f.record_id(rec.line), rec.reason))
+                        refused.append(Skipped(f.record_id(rec.line, rec.index), rec.reason))
                     else:
                         yield rec.conversation
 

@@ -7,8 +7,10 @@ Where the decoder fails (a malformed item, or one the window cuts), a scanner fi
 by its brackets, strings and commas, reading on as needed; so a malformed item is reported with its
 line and the items after it are still read.
 
-Every reader yields RawRecord(line, value, error): `value` is the parsed JSON value (or None) and
-`error` the reason it could not be parsed (or None).
+Every reader yields RawRecord(line, value, error, index): `value` is the parsed JSON value (or None),
+`error` the reason it could not be parsed (or None), and `index` the record's place in the file
+(1-based), which names it where many records share a line (an array written on one line). An
+empty place in an array (`[{...},]`, `[{...},,{...}]`) is invalid JSON and reported as a record.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RawRecord:
     line: int  # 1-based line of the file where the record starts
     value: Any = None
     error: str | None = None
+    index: int = 0  # 1-based place of the record in the file (the array's items, or JSONL's non-blank lines)
 
 
 def _parse(line: int, text: str, columns: bool = True) -> RawRecord:
@@ -82,9 +85,16 @@ def layout(path: str | Path) -> str:
 def iter_jsonl(path: str | Path) -> Iterator[RawRecord]:
     """One record per non-blank line."""
     with _open(Path(path)) as f:
+        index = 0
         for n, line in enumerate(f, start=1):
             if line.strip():
-                yield _parse(n, line)  # a line starts at column 1
+                index += 1
+                yield _indexed(_parse(n, line), index)  # a line starts at column 1
+
+
+def _indexed(rec: RawRecord, index: int) -> RawRecord:
+    rec.index = index
+    return rec
 
 
 class _ArrayReader:
@@ -175,23 +185,33 @@ def iter_json_array(path: str | Path, chunk_size: int = CHUNK) -> Iterator[RawRe
         if c != "[":
             raise MMDialogError(f"{path} line {r.line_at(r.pos)}: expected a JSON array starting with '['")
         r.pos += 1
+        index, after = 0, "["  # after: the last structural character read, '[' or ','; "" after an item
         while True:
             c = r.skip_blanks()
             if c is None:
-                yield RawRecord(r.line_at(len(r.buf)), error=truncated)
+                yield RawRecord(r.line_at(len(r.buf)), error=truncated, index=index + 1)
                 return
+            if c in ",]" and after and (c == "," or after == ","):  # a place without an item: invalid JSON
+                index += 1
+                what = {("[", ","): "a ',' right after the array's '['", (",", ","): "two ',' in a row",
+                        (",", "]"): "a ',' before the array's closing ']'"}[after, c]
+                yield RawRecord(r.line_at(r.pos), error=f"not valid JSON ({what}: an empty item at line "
+                                                        f"{r.line_at(r.pos)})", index=index)
             if c == "]":
                 break
-            if c == ",":  # empty items (a trailing comma) are passed over
+            if c == ",":
                 r.pos += 1
+                after = ","
                 continue
-            rec = r.item()
+            rec, after = r.item(), ""
+            index += 1
+            rec.index = index
             if r.skip_blanks() is None:  # the file ends inside the array
                 if rec.error is not None:
-                    yield RawRecord(rec.line, error=f"{rec.error}; {truncated}")
+                    yield RawRecord(rec.line, error=f"{rec.error}; {truncated}", index=index)
                 else:
                     yield rec
-                    yield RawRecord(r.line_at(len(r.buf)), error=truncated)
+                    yield RawRecord(r.line_at(len(r.buf)), error=truncated, index=index + 1)
                 return
             yield rec
         r.pos += 1
@@ -235,7 +255,7 @@ def iter_jsonl_offsets(path: str | Path) -> Iterator[tuple[int, RawRecord]]:
         raise MMDialogError(f"data file not found: {path}") from None
     except OSError as e:
         raise MMDialogError(f"cannot read data file {path}: {e}") from None
-    n = 0
+    n = index = 0
     with f:
         offset = 0
         for chunk in f:
@@ -244,7 +264,8 @@ def iter_jsonl_offsets(path: str | Path) -> Iterator[tuple[int, RawRecord]]:
                 n += 1
                 text = raw.decode("utf-8", errors="surrogateescape")
                 if text.strip():
-                    yield at, _parse(n, text)
+                    index += 1
+                    yield at, _indexed(_parse(n, text), index)
             offset += len(chunk)
 
 

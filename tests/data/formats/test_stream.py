@@ -85,3 +85,29 @@ def test_records_are_read_as_the_file_is_read_not_after(tmp_path, kind):
     path.write_text("")  # truncates the file the reader still has open
     rest = list(reader)
     assert len(rest) < n // 4
+
+
+@pytest.mark.parametrize("text,what", [('[{"a": 1},]', "a ',' before the array's closing ']'"),
+                                       ('[{"a": 1},,{"a": 2}]', "two ',' in a row"),
+                                       ('[,{"a": 1}]', "a ',' right after the array's '['")])
+def test_an_empty_place_in_an_array_is_invalid_json(tmp_path, text, what):
+    (tmp_path / "e.json").write_text(text)
+    got = list(iter_json_array(tmp_path / "e.json"))
+    assert [r.value for r in got if r.error is None] == [{"a": 1}] + ([{"a": 2}] if '"a": 2' in text else [])
+    bad = [r for r in got if r.error is not None]
+    assert len(bad) == 1 and bad[0].error.startswith("not valid JSON") and what in bad[0].error
+
+
+def test_records_on_one_line_are_named_by_their_place(tmp_path):
+    from mmdialog.data.formats import Checks, DataFile
+
+    (tmp_path / "one.json").write_text('[{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+                                       '"content": "yo"}]}, {"messages": 5},, {"messages" 1}]')
+    got = list(iter_json_array(tmp_path / "one.json"))
+    assert [(r.line, r.index) for r in got] == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    report = DataFile(tmp_path / "one.json", "openai").check(Checks(media=False))
+    assert (report.records, report.valid) == (4, 1)
+    lines = report.text().splitlines()[1:]
+    assert [line.split(":")[0] for line in lines] == ["  line 1 (record 2)", "  line 1 (record 3)", "  line 1 (record 4)"]
+    assert "two ',' in a row" in lines[1] and lines[2].split(": ", 1)[1].startswith("not valid JSON")
+    assert [i["record"] for i in report.to_dict()["invalid"]] == [2, 3, 4]
