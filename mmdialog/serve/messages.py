@@ -278,6 +278,9 @@ def decode_image(data: bytes, where: str, limits: Limits, image_size: int = 0) -
                 del rgb
     except APIError:
         raise
+    except PILImage.DecompressionBombError:  # PIL's own limit, from the header too
+        raise bad(f"{where}: the image is over the limit of {limits.max_image_pixels} pixels per image", where,
+                  "image_too_large") from None
     except Exception as e:  # PIL raises many types for bytes that are no image
         raise bad(f"{where}: cannot decode the image ({type(e).__name__}: {e})", where, "invalid_image") from None
     return Image(pixels=pixels)
