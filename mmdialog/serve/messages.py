@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ctypes
 import io
 import math
 import threading
@@ -271,11 +272,14 @@ def decode_image(data: bytes, where: str, limits: Limits, image_size: int = 0) -
                 raise bad(f"{where}: the image is {w}x{h} = {w * h} pixels, over the limit of "
                           f"{limits.max_image_pixels} pixels per image", where, "image_too_large")
             with _big_decodes if w * h > BIG_IMAGE else contextlib.nullcontext():
-                rgb = im.convert("RGB")
+                rgb = im if im.mode == "RGB" else im.convert("RGB")
                 if image_size and (w, h) != (image_size, image_size):  # as processor.image_to_tensor resizes
                     rgb = rgb.resize((image_size, image_size), PILImage.BILINEAR)
-                pixels = np.asarray(rgb, dtype=np.uint8)
+                pixels = np.array(rgb, dtype=np.uint8)
                 del rgb
+                im.close()
+                if w * h > BIG_IMAGE:
+                    release_free_memory()
     except APIError:
         raise
     except PILImage.DecompressionBombError:  # PIL's own limit, from the header too
@@ -285,6 +289,22 @@ def decode_image(data: bytes, where: str, limits: Limits, image_size: int = 0) -
         raise bad(f"{where}: cannot decode the image ({type(e).__name__}: {e})", where, "invalid_image") from None
     return Image(pixels=pixels)
 
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the system (glibc's malloc_trim): a freed image of tens of MB is otherwise
+    kept by the allocator of the thread that decoded it, and the process stays that much larger."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
 
 
 def check_sampling(params: SamplingParams) -> SamplingParams:
