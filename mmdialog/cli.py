@@ -34,6 +34,7 @@ def cmd_world(args) -> None:
 
 def cmd_train(args) -> int:
     from mmdialog.demo import ensure_world
+    from mmdialog.export import world_meta
     from mmdialog.train.checkpoint import latest_training_checkpoint
     from mmdialog.train.distributed import destroy_distributed, init_distributed
     from mmdialog.train.trainer import prepare, resolve_device, train
@@ -60,7 +61,7 @@ def cmd_train(args) -> int:
             raise MMDialogError(f"{len(dataset)} usable conversations, fewer than train.batch_size={cfg.train.batch_size}; "
                                 + dataset.report())
         _check_same(dist, tokenizer)
-        meta = {"data": _data_files(cfg)} if world is None else {"world": str(world.resolve())}
+        meta = {"data": _data_files(cfg)} if world is None else world_meta(world)
         log = print if dist.is_main else (lambda *a, **k: None)
         result = train(cfg, model, tokenizer, dataset, out, meta=meta, resume=args.resume, dist=dist,
                        progress=dist.is_main, log=log)
@@ -162,6 +163,9 @@ def cmd_eval(args) -> None:
 
 
 def _world_of(ck, world: str | None) -> Path:
+    if not world and ck.meta.get("world_missing"):
+        raise MMDialogError(f"the checkpoint was trained on the world at {ck.meta['world_missing']}, which is not there "
+                            "(was the run moved or copied without it?); pass --world DIR")
     w = Path(world or ck.meta.get("world", ""))
     if not (w / "world.json").is_file():
         raise MMDialogError(f"no world at {w!s}; pass --world DIR")

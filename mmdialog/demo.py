@@ -15,6 +15,7 @@ from mmdialog.eval.plots import plot_run
 from mmdialog.eval.report import build_report
 from mmdialog.eval.run import heldout_metrics, write_outputs
 from mmdialog.explain import explain_dialogue
+from mmdialog.export import world_meta
 from mmdialog.model import count_parameters
 from mmdialog.train.trainer import prepare, train
 
@@ -59,7 +60,7 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_world(cfg, out, progress, log)
     tokenizer, model, processor, dataset = prepare(cfg, world, progress)
-    result = train(cfg, model, tokenizer, dataset, out, progress=progress, log=log, meta={"world": str(world.resolve())})
+    result = train(cfg, model, tokenizer, dataset, out, progress=progress, log=log, meta=world_meta(world))
     log(f"trained {result.steps} steps in {result.wall_seconds:.0f}s ({result.tokens_per_second:.0f} tokens/s)")
     records = load_split(world, cfg.eval.split)
     if cfg.eval.max_dialogues:

@@ -30,6 +30,7 @@ Tied weights (the decoder's embedding and LM head) are stored once and listed in
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -173,7 +174,8 @@ def export(checkpoint: str | Path, out: str | Path, max_shard_size: str | int = 
         "vocab_size": ck.tokenizer.vocab_size, "placeholder_ids": ck.model.placeholder_ids, "tied_weights": tied,
         "mmdialog": to_dict(ck.config),
         **({"portable_model": portable} if (portable := portable_model(ck)) else {}),
-        "meta": {k: v for k, v in ck.meta.items() if k not in ("format", "vocab_size", "placeholder_ids")},
+        "meta": {k: v for k, v in ck.meta.items()
+                 if k not in ("format", "vocab_size", "placeholder_ids", "world_missing")},
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_tokenizer(ck.tokenizer, tmp, ck.config.model.decoder.max_seq_len)
@@ -332,8 +334,37 @@ def is_export(directory: str | Path) -> bool:
 
 
 def load_any(path: str | Path, device: str = "cpu") -> Loaded:
-    """An exported directory or a training checkpoint, whichever `path` is."""
-    return load_export(path, device) if is_export(path) else load_checkpoint(path, device)
+    """An exported directory or a training checkpoint, whichever `path` is; its meta's world located (locate_world)."""
+    ck = load_export(path, device) if is_export(path) else load_checkpoint(path, device)
+    locate_world(ck.meta, Path(path))
+    return ck
+
+
+def world_meta(world: str | Path) -> dict:
+    """What a checkpoint's meta says of the world it was trained on: where, and which (world.json's digest)."""
+    world = Path(world).resolve()
+    return {"world": str(world), "world_sha256": hashlib.sha256((world / "world.json").read_bytes()).hexdigest()}
+
+
+def locate_world(meta: dict, checkpoint: Path) -> None:
+    """meta["world"] made a directory that holds the world. A relative path is taken from the checkpoint; where the
+    path is gone (the run was moved or copied), the world of the same world.json (meta["world_sha256"]) in a
+    `world/` directory beside the checkpoint or up to three levels above it is taken instead. Where none is,
+    meta["world_missing"] holds the path the checkpoint names, so that commands can say so."""
+    if not meta.get("world"):
+        return
+    named = Path(meta["world"])
+    named = named if named.is_absolute() else checkpoint / named
+    if (named / "world.json").is_file():
+        meta["world"] = str(named)
+        return
+    digest = meta.get("world_sha256")
+    for up in [checkpoint, *list(Path(checkpoint).resolve().parents)[:3]]:
+        found = Path(up) / "world" / "world.json"
+        if digest and found.is_file() and hashlib.sha256(found.read_bytes()).hexdigest() == digest:
+            meta["world"] = str(found.parent)
+            return
+    meta["world_missing"] = str(named)
 
 
 def load_export(directory: str | Path, device: str = "cpu") -> Loaded:

@@ -209,7 +209,7 @@ class PairDataset(Dataset):
 def process_pair(rec: PairRecord, processor: Processor) -> PairItem:
     where = f"pair {rec.id}"
     caption = processor(_conversation(rec.modality, rec.path, rec.prompt, rec.text), where=where)
-    text_ids = torch.tensor(processor.tokenizer.encode(rec.text))
+    text_ids = torch.tensor(processor.tokenizer.encode_text(rec.text))
     if len(text_ids) == 0:
         raise MMDialogError(f"{where}: the caption has no tokens")
     qas, answers = [], []
