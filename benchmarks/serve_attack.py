@@ -1,6 +1,6 @@
 """Attacks on a local `mmdialog serve`, and whether it stays small, quick and correct through them.
 
-Phases, each while a prober times /health every 50 ms and samples the server's resident memory:
+Phases, each while a prober process times /health every 20 ms and samples the server's resident memory:
   1. one 16 MB message ("a " * 8,000,000: under the 16 MiB body limit, ~4M tokens);
   2. eight concurrent 1 MB messages;
   3. eight concurrent requests, each with 8 distinct 4096x4096 PNG images (mostly blank: small bodies,
@@ -15,16 +15,12 @@ Usage: python benchmarks/serve_attack.py [--checkpoint CKPT] [--cache-mb 256] [-
 Without a checkpoint, a demo-sized model with random weights is saved to a temporary directory first.
 """
 
-import argparse
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
+import multiprocessing
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +30,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import client, random_checkpoint  # noqa: E402
+from serve_load import client, load_arguments, random_checkpoint, start_server  # noqa: E402
 
 
 def rss_mb(pid: int, field: str = "VmRSS:") -> float:
@@ -44,29 +40,39 @@ def rss_mb(pid: int, field: str = "VmRSS:") -> float:
     return float("nan")
 
 
-class Prober(threading.Thread):
-    """Times GET /health and samples the server's RSS until stopped."""
+class Prober:
+    """Times GET /health every 20 ms and samples the server's RSS, from a process of its own (so that the attack
+    clients of this process do not slow the probes down) until stopped."""
 
     def __init__(self, url: str, pid: int):
-        super().__init__(daemon=True)
-        self.url, self.pid, self.stop = url, pid, threading.Event()
-        self.latency: list[float] = []
-        self.rss: list[float] = []
-        self.failures = 0
-        self.health: dict = {}
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self.queue = ctx.Event(), ctx.Queue()
+        self.process = ctx.Process(target=_probe, args=(url, pid, self.stop, self.queue), daemon=True)
+        self.process.start()
+        self.queue.get(timeout=60)  # it is probing
 
-    def run(self):
-        with httpx.Client(base_url=self.url, timeout=30) as http:
-            while not self.stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    r = http.get("/health")
-                    self.latency.append(time.perf_counter() - t0)
-                    self.health = r.json()
-                except httpx.HTTPError:
-                    self.failures += 1
-                self.rss.append(rss_mb(self.pid))
-                self.stop.wait(0.05)
+    def finish(self) -> dict:
+        self.stop.set()
+        out = self.queue.get(timeout=60)
+        self.process.join(timeout=10)
+        return out
+
+
+def _probe(url: str, pid: int, stop, queue) -> None:
+    latency, rss, failures, health = [], [], 0, {}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        http.get("/health")
+        queue.put("ready")
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                health = http.get("/health").json()
+                latency.append(time.perf_counter() - t0)
+            except httpx.HTTPError:
+                failures += 1
+            rss.append(rss_mb(pid))
+            stop.wait(0.02)
+    queue.put({"latency": latency, "rss": rss, "failures": failures, "health": health})
 
 
 def big_png(seed: int, side: int = 4096) -> str:
@@ -98,24 +104,22 @@ def timed_post(http: httpx.Client, body: bytes) -> tuple[int, float, str]:
 
 def phase(name: str, url: str, pid: int, idle: float, run) -> dict:
     prober = Prober(url, pid)
-    prober.start()
     t0 = time.perf_counter()
     out = run()
     wall = time.perf_counter() - t0
     time.sleep(0.3)  # the memory after it, too
-    prober.stop.set()
-    prober.join()
-    lat = np.array(prober.latency) * 1e3 if prober.latency else np.array([float("nan")])
-    peak = max(prober.rss + [rss_mb(pid, "VmRSS:")])
-    h = prober.health
+    probed = prober.finish()
+    lat = np.array(probed["latency"]) * 1e3 if probed["latency"] else np.array([float("nan")])
+    peak = max(probed["rss"] + [rss_mb(pid, "VmRSS:")])
+    h = probed["health"]
     print(f"\n{name} ({wall:.1f} s)")
     if isinstance(out, list):
         for status, took, message in out:
             print(f"  HTTP {status} in {took:.2f} s  {message}")
     else:
         print(f"  {out}")
-    print(f"  /health: {len(prober.latency)} probes, p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms,"
-          f" max {lat.max():.1f} ms, {prober.failures} failed")
+    print(f"  /health: {len(lat)} probes, p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms,"
+          f" max {lat.max():.1f} ms, {probed['failures']} failed")
     print(f"  server RSS: peak {peak:.0f} MiB = idle {idle:.0f} + {peak - idle:.0f} MiB; /health: resident "
           f"{h.get('resident_bytes', 0) / 2**20:.0f} MiB, cache {h.get('cache_bytes', 0) / 2**20:.1f} MiB "
           f"(sessions {h.get('session_bytes', 0) / 2**20:.1f}, media {h.get('media_bytes', 0) / 2**20:.1f}) of a "
@@ -124,13 +128,8 @@ def phase(name: str, url: str, pid: int, idle: float, run) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint")
+    ap = load_arguments(__doc__.split("\n")[0])
     ap.add_argument("--cache-mb", type=int, default=256)
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--turns", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1, help="OMP threads of the server process")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or str(random_checkpoint(Path(tmp.name)))
@@ -140,30 +139,13 @@ def main():
     image_bodies = [json.dumps({"messages": [{"role": "user", "content": [
         *({"type": "image_url", "image_url": {"url": u}} for u in images[8 * r:8 * r + 8]),
         {"type": "text", "text": "Describe the pictures."}]}], "max_tokens": 4}).encode() for r in range(8)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "mmdialog.cli", "serve", "--checkpoint", ckpt, "--port", str(port),
-           "--cache-mb", str(args.cache_mb)]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(ckpt, args.threads, "--cache-mb", str(args.cache_mb))
     results = {}
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
         httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
                    timeout=120)  # warm: the first forward pass allocates what every later one reuses
         idle = rss_mb(server.pid)
-        print(f"server: {' '.join(cmd[2:4])} --cache-mb {args.cache_mb}; idle RSS {idle:.0f} MiB")
+        print(f"server: mmdialog serve --cache-mb {args.cache_mb}; idle RSS {idle:.0f} MiB")
 
         # one client for the attacks, its connections opened first: the figures are the server's, not httpx's set-up
         http = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=8))

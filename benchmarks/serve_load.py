@@ -57,6 +57,28 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def start_server(ckpt: str, threads: int = 1, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`mmdialog serve` on a free local port, once /health answers: (the process, its URL)."""
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "mmdialog.cli", "serve", "--checkpoint", ckpt, "--port", str(port),
+                               *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
+
+
 def client(url: str, c: int, turns: int, max_tokens: int, results: list, errors: list) -> None:
     history = []
     with httpx.Client(base_url=url, timeout=300) as http:
@@ -87,34 +109,23 @@ def client(url: str, c: int, turns: int, max_tokens: int, results: list, errors:
             history.append({"role": "assistant", "content": text})
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def load_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a load on a local server: the checkpoint, clients x turns, reply length, server threads."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--checkpoint")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--turns", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="OMP threads of the server process")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = load_arguments(__doc__.split("\n")[0]).parse_args()
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or str(random_checkpoint(Path(tmp.name)))
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "mmdialog.cli", "serve", "--checkpoint", ckpt, "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(ckpt, args.threads)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
         idle_mb = peak_rss_mb(server.pid)
         results, errors = [], []
         t0 = time.perf_counter()

@@ -226,8 +226,10 @@ def test_pool_memory_budget_evicts_least_recently_used(served):
     pool = app.state.pool
     for i in range(6):
         ask(client, [{"role": "user", "content": [image_part(i), {"type": "text", "text": Q1}]}])
-        assert pool.nbytes <= 60_000
-    assert 0 < len(pool.entries) < 6
+        # the budget holds the sessions (KV cache, ids, conversation) and the encoded images, a quarter at most
+        assert pool.nbytes <= 60_000 and pool.media.nbytes <= 15_000
+        assert pool.nbytes == sum(e.session.nbytes for e in pool.entries) + pool.media.nbytes
+    assert 0 < len(pool.entries) < 6 and len(pool.media) == 6
     newest = turn_keys(pool.entries[-1].session.conv)
     assert newest == pool.entries[-1].keys and pool.entries[-1].session.conv.turns[0].parts[0].pixels is not None
 
