@@ -57,12 +57,21 @@ class Capacity:
 
 
 class Admission:
-    """Counts the requests in the server (working or waiting); touched only on the event loop."""
+    """Counts the requests in the server (working or waiting) and the bytes of their bodies not yet parsed (at
+    most a body's limit per worker: waiting requests must not hold hundreds of MB); touched only on the loop."""
 
-    def __init__(self, capacity: Capacity):
+    def __init__(self, capacity: Capacity, max_body_bytes: int):
         self.capacity = capacity
         self.limiter = anyio.CapacityLimiter(capacity.workers)
         self.inside = 0
+        self.body_bytes, self.body_budget = 0, capacity.workers * max_body_bytes
+
+    def hold_body(self, n: int) -> None:
+        if self.body_bytes + n > self.body_budget:
+            raise APIError(429, f"the server is busy: it holds {self.body_bytes} bytes of request bodies not yet "
+                                f"parsed, the most it takes; retry shortly", code="rate_limit_exceeded",
+                           type="rate_limit_error", headers={"Retry-After": "1"})
+        self.body_bytes += n
 
     def enter(self) -> None:
         if self.inside >= self.capacity.workers + self.capacity.queue:
@@ -97,7 +106,7 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
     image_size = processor.image_size if "image" in model.encoders else None
     model_lock = threading.Lock()  # one forward pass at a time; requests interleave token by token
     pool = SessionPool(lambda media: ChatSession(model, processor, media_cache=media, lock=model_lock), cache_bytes)
-    admission = Admission(capacity)
+    admission = Admission(capacity, limits.max_body_bytes)
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     created = int(time.time())
     app = FastAPI(title="mmdialog", docs_url=None, redoc_url=None, openapi_url=None)
@@ -155,7 +164,7 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
         admission.enter()
         try:
             deadline = time.monotonic() + capacity.timeout_s
-            raw = await read_body(request, limits.max_body_bytes)
+            held = [0]  # body bytes counted in admission.body_bytes until the body is parsed
 
             async def work(fn, *args):
                 """fn(*args) in a worker thread (waiting for one in the queue), within the request's deadline."""
@@ -165,7 +174,12 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
                 except TimeoutError:
                     raise timed_out(capacity.timeout_s) from None
 
-            req = await work(parse, raw, limits, allow, image_size)
+            try:
+                raw = await read_body(request, limits.max_body_bytes, admission, held)
+                req = await work(parse, raw, limits, allow, image_size)
+            finally:
+                admission.body_bytes -= held[0]
+                raw = None  # not kept while the reply is generated
             if req.model is not None and req.model != model_name:
                 raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}", "model",
                                "model_not_found")
@@ -256,16 +270,18 @@ def resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, admission: Admission, held: list[int]) -> bytes:
+    """The body, at most max_bytes; what is read is added to admission's count and to held[0]."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise APIError(413, f"the request body is {int(declared)} bytes, over the limit of {max_bytes}",
                        code="request_too_large")
-    chunks, size = [], 0
+    chunks = []
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
+        if held[0] + len(chunk) > max_bytes:
             raise APIError(413, f"the request body is over the limit of {max_bytes} bytes", code="request_too_large")
+        admission.hold_body(len(chunk))
+        held[0] += len(chunk)
         chunks.append(chunk)
     return b"".join(chunks)
 

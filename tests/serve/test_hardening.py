@@ -179,6 +179,36 @@ def test_a_stuck_request_stalls_nothing_and_the_queue_is_bounded(served, slow):
         assert http.post("/v1/chat/completions", json={"messages": HELLO}).status_code == 200
 
 
+def test_bodies_waiting_to_be_parsed_are_bounded_in_bytes(served, monkeypatch):
+    import mmdialog.serve.app as serve_app
+
+    model, proc = served
+    release, started, parse = threading.Event(), threading.Event(), serve_app.parse
+
+    def held(raw, *args):
+        if b"HOLD" in raw:
+            started.set()
+            release.wait(30)
+        return parse(raw, *args)
+
+    monkeypatch.setattr(serve_app, "parse", held)
+    app = create_app(model, proc, limits=Limits(max_new_tokens=2, max_body_bytes=200_000),
+                     capacity=Capacity(workers=1, queue=4))
+    out = {}
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        body = {"messages": [{"role": "user", "content": "HOLD " + "x" * 120_000}], "max_tokens": 1}
+        first = threading.Thread(target=lambda: out.setdefault("first", http.post("/v1/chat/completions", json=body)))
+        first.start()
+        assert started.wait(10)
+        r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "y" * 150_000}]})
+        refused(r, 429, "bytes of request bodies not yet parsed", "rate_limit_exceeded")
+        release.set()
+        first.join(30)
+        assert out["first"].status_code == 400  # (too long for the model: it was parsed, then refused)
+        assert http.get("/health").status_code == 200 and app.state.admission.body_bytes == 0
+        assert http.post("/v1/chat/completions", json={"messages": HELLO}).status_code == 200
+
+
 def test_a_request_over_the_timeout_gets_504(served, slow):
     model, proc = served
     slow["sleep"] = 1.0
