@@ -46,6 +46,7 @@ from mmdialog.eval.contexts import WithPolicy, record_image
 from mmdialog.eval.lab import aggregate, own_history_rows, run_lab, teacher_forced_rows
 from mmdialog.eval.multiturn import summarise
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
+from mmdialog.export import world_meta
 
 VARIANTS = ("every_turn", "last_turn", "every_turn+augment", "last_turn+augment")
 DEFAULT_VARIANTS = ("every_turn", "last_turn", "every_turn+augment")
@@ -244,7 +245,7 @@ def run_experiment(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0
             tokenizer, model, processor, base = prepare(run_cfg, world, progress)
             data = training_set(variant, base, train_records, world, processor, seed)
             res = train(run_cfg, model, tokenizer, data, run_dir, progress=progress, log=log,
-                        meta={"world": str(Path(world).resolve()), "variant": variant})
+                        meta={**world_meta(world), "variant": variant})
             with torch.no_grad():
                 m = evaluate_run(model, processor, test, Path(world), max_new_tokens=cfg.eval.max_new_tokens,
                                  own_dialogues=own_dialogues, policies=policies, progress=progress)

@@ -37,6 +37,7 @@ from mmdialog.data.worlds.shapes import load_split
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.experiment import _get, _ms, effect
 from mmdialog.eval.lab import aggregate, run_lab
+from mmdialog.export import world_meta
 
 FUSIONS = ("concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler")
 DISTANCES = ("0", "1", "2", "3+")
@@ -128,7 +129,7 @@ def run_fusion_experiment(cfg: Config, out: str | Path, *, budget_minutes: float
             run_dir = out / fusion / f"seed{seed}"
             tokenizer, model, processor, data = prepare(run_cfg, world, progress)
             res = train(run_cfg, model, tokenizer, data, run_dir, progress=progress, log=log,
-                        meta={"world": str(Path(world).resolve()), "fusion": fusion})
+                        meta={**world_meta(world), "fusion": fusion})
             t_eval = time.perf_counter()
             with torch.no_grad():
                 lab = run_lab(model, processor, test, world, max_new_tokens=cfg.eval.max_new_tokens,

@@ -120,7 +120,7 @@ class LikelihoodRanker:
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, L) right-padded ids of each candidate + <|end|>, and their lengths (C,)."""
         tok = self.processor.tokenizer
-        cand = [tok.encode(t) + [tok.end_id] for t in texts]
+        cand = [tok.encode_text(t) + [tok.end_id] for t in texts]  # candidates are plain text
         lengths = torch.tensor([len(c) for c in cand])  # (C,)
         ids = torch.full((len(cand), int(lengths.max())), tok.pad_id, dtype=torch.long)  # (C, L)
         for i, c in enumerate(cand):

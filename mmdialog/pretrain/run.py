@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mmdialog.config import Config, build_part, to_dict
 from mmdialog.data.processor import Processor
+from mmdialog.export import world_meta
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.errors import MMDialogError
 from mmdialog.model import count_parameters
@@ -47,7 +48,7 @@ def pair_sources(cfg: Config, out: Path, dist: Dist, progress: bool = True):
     records = world_pairs(world, "train", pc.world_captions)
     held = world_pairs(world, "val", pc.world_captions)
     texts = world_texts(world) + [r.text for r in records] + [CAPTION_PROMPT, "Describe the picture."]
-    return records, [], held, texts, {"world": str(Path(world).resolve())}
+    return records, [], held, texts, world_meta(world)
 
 
 def build_heads(cfg: Config, model, tokenizer: ChatTokenizer, weights: dict, modality: str,

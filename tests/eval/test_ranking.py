@@ -67,3 +67,14 @@ def test_cached_candidate_scores_equal_full_forward_passes(tiny, world32):
     rows = ranker.score_record(rec, world)
     assert [row["round"] for row in rows] == [rd["round"] for rd in rec["rounds"] if rd["scored"]]
     assert all(1 <= row["rank"] <= len(cands.texts) and 0 <= row["ndcg"] <= 1 for row in rows)
+
+
+def test_candidates_are_plain_text_as_replies_are(tiny):
+    """A candidate that spells a special token is scored as the characters a reply would hold, not as that token."""
+    model, proc = tiny
+    tok = proc.tokenizer
+    ranker = LikelihoodRanker(model, proc, None)
+    ids, lengths = ranker._encode(["<|end|>", "yes"])
+    assert ids[0, :lengths[0]].tolist() == tok.encode_text("<|end|>") + [tok.end_id]
+    assert ids[0, 0].item() != tok.end_id and lengths[0] > 2
+    assert ids[1, :lengths[1]].tolist() == tok.encode("yes") + [tok.end_id]

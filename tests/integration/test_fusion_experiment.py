@@ -19,6 +19,8 @@ def test_fusion_experiment_tables_every_fusion(tmp_path):
         assert row["parameters"]["mean"] > 0 and row["tokens/s"]["mean"] > 0 and row["steps"]["mean"] == 2, f
         assert 0 <= row["accuracy"]["mean"] <= 1 and set(f"d{d}" for d in ("0", "1", "2", "3+")) <= set(row), f
         assert (tmp_path / f / "seed0" / "metrics.json").is_file() and (tmp_path / f / "seed0" / "train_log.jsonl").is_file()
+        meta = json.loads((tmp_path / f / "seed0" / "checkpoint" / "meta.json").read_text())
+        assert len(meta["world_sha256"]) == 64, f  # a moved run finds its world by content (export.locate_world)
     tokens = {f: s["fusions"][f]["image tokens in seq"]["mean"] for f in FUSIONS}
     assert tokens["cross_attention"] == 1 and tokens["concat"] == 4 and tokens["resampler"] == 8  # num_queries default
     md = (tmp_path / "fusion.md").read_text()
