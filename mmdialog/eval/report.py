@@ -40,7 +40,8 @@ def find_metrics(run: Path) -> Path | None:
     return max(cands, key=lambda p: len(json.loads(p.read_text())))
 
 
-def read_losses(run: Path) -> list[tuple[int, float]]:
+def _log_series(run: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every train_log.jsonl record that has `key`."""
     f = run / "train_log.jsonl"
     if not f.is_file():
         return []
@@ -48,25 +49,19 @@ def read_losses(run: Path) -> list[tuple[int, float]]:
     for line in f.read_text().splitlines():
         try:
             rec = json.loads(line)
-            out.append((int(rec["step"]), float(rec["loss"])))
+            out.append((int(rec["step"]), float(rec[key])))
         except (ValueError, KeyError):
             continue
     return out
+
+
+def read_losses(run: Path) -> list[tuple[int, float]]:
+    return _log_series(run, "loss")
 
 
 def read_validation(run: Path) -> list[tuple[int, float]]:
     """(step, val_accuracy) of the validation records train.eval_every wrote into train_log.jsonl."""
-    f = run / "train_log.jsonl"
-    if not f.is_file():
-        return []
-    out = []
-    for line in f.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            out.append((int(rec["step"]), float(rec["val_accuracy"])))
-        except (ValueError, KeyError):
-            continue
-    return out
+    return _log_series(run, "val_accuracy")
 
 
 def _img(path: Path, alt: str = "") -> str:

@@ -67,19 +67,25 @@ def heldout_metrics(model, processor, world: Path, *, max_new_tokens: int, max_d
     return out
 
 
-def write_outputs(result: LabResult | None, metrics: dict, out: Path, *, title: str, std: dict | None = None,
-                  runs: list[str] = ()) -> list[Path]:
+def write_metrics_and_rows(result: LabResult | None, metrics: dict, out: Path) -> None:
+    """OUT/metrics.json and the predictions of every mode (gold, own history, ablations) and the ranking."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if result is not None:
-        write_rows(result.predictions.get("gold_history", []), out / "predictions.jsonl")
-        if "own_history" in result.predictions:
-            write_rows(result.predictions["own_history"], out / "predictions_own.jsonl")
-        abl = [r for k, rows in result.predictions.items() if k not in ("gold_history", "own_history") for r in rows]
-        if abl:
-            write_rows(abl, out / "predictions_ablations.jsonl")
-        if result.ranking_rows:
-            write_rows(result.ranking_rows, out / "ranking.jsonl")
+    if result is None:
+        return
+    write_rows(result.predictions.get("gold_history", []), out / "predictions.jsonl")
+    if "own_history" in result.predictions:
+        write_rows(result.predictions["own_history"], out / "predictions_own.jsonl")
+    abl = [r for k, rows in result.predictions.items() if k not in ("gold_history", "own_history") for r in rows]
+    if abl:
+        write_rows(abl, out / "predictions_ablations.jsonl")
+    if result.ranking_rows:
+        write_rows(result.ranking_rows, out / "ranking.jsonl")
+
+
+def write_outputs(result: LabResult | None, metrics: dict, out: Path, *, title: str, std: dict | None = None,
+                  runs: list[str] = ()) -> list[Path]:
+    write_metrics_and_rows(result, metrics, out)
     figures = plot_lab(metrics, out, std)
     (out / "summary.md").write_text(lab_markdown(metrics, title=title, std=std, figures=[f.name for f in figures],
                                                  runs=runs))
@@ -230,16 +236,7 @@ def write_file_outputs(result: LabResult, metrics: dict, out: Path) -> list[Path
     from mmdialog.eval.plots import plot_file
     from mmdialog.eval.summary import file_markdown
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_rows(result.predictions.get("gold_history", []), out / "predictions.jsonl")
-    if "own_history" in result.predictions:
-        write_rows(result.predictions["own_history"], out / "predictions_own.jsonl")
-    abl = [r for k, rows in result.predictions.items() if k not in ("gold_history", "own_history") for r in rows]
-    if abl:
-        write_rows(abl, out / "predictions_ablations.jsonl")
-    if result.ranking_rows:
-        write_rows(result.ranking_rows, out / "ranking.jsonl")
+    write_metrics_and_rows(result, metrics, out)
     write_rows(metrics["invalid"], out / "invalid.jsonl")
     figures = plot_file(metrics, out)
     (out / "summary.md").write_text(file_markdown(metrics, title=f"Multi-turn evaluation: {metrics['file']}",
