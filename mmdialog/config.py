@@ -195,6 +195,10 @@ class EvalConfig:
     split: str = "test"
     max_dialogues: int = 0  # 0: all
     max_new_tokens: int = 8
+    # `mmdialog demo`: the whole run's wall-clock budget in minutes (world, training, evaluation). Training gets
+    # what the world and the evaluation (timed on a few dialogues before training) leave, at most
+    # train.max_minutes, so a slower CPU trains less instead of running over. 0: no budget.
+    demo_minutes: float = 0.0
 
 
 def _default_objectives() -> dict[str, float]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from mmdialog.chat.session import ChatSession
 from mmdialog.config import Config
 from mmdialog.data.conversation import Image
-from mmdialog.data.worlds.shapes import generate_world, load_split
+from mmdialog.data.worlds.shapes import generate_world, heldout_info, load_split
 from mmdialog.eval.lab import run_lab
 from mmdialog.eval.multiturn import normalise
 from mmdialog.eval.plots import plot_run
@@ -56,15 +59,66 @@ def write_transcript(session: ChatSession, record: dict, world: Path, path: Path
     path.write_text("\n".join(lines) + "\n")
 
 
+PROBE_DIALOGUES = 8  # test dialogues the evaluation is timed on before training (demo_minutes)
+TAIL_SECONDS = 30.0  # transcript, plots, explain and report after the evaluation
+
+
+def estimate_eval_seconds(model, processor, records: list[dict], world: Path, max_new_tokens: int) -> float:
+    """What the demo's evaluation will take, timed on PROBE_DIALOGUES test dialogues (and as many of each
+    held-out split) with the model as it is and scaled to the dialogues each part runs on. Teacher-forced
+    passes cost the same whatever the weights; the real chat is scaled from max_new_tokens generated per
+    answer (an untrained model rarely stops) to the gold answers' length. Batches of a few dialogues are
+    slower per dialogue than the full ones, so the estimate errs long."""
+    k = min(PROBE_DIALOGUES, len(records))
+    lab = run_lab(model, processor, records[:k], world, max_new_tokens=max_new_tokens, own_history=k, ranking=k,
+                  ablation_dialogues=k, progress=False)
+    n = len(records)
+    dialogues = {"gold_history": n, "own_history": min(DEMO_OWN_HISTORY, n), "ranking": min(DEMO_RANKING, n)}
+    tok = processor.tokenizer
+    answers = [len(tok.encode_text(rd["answer"])) + 1 for r in records[:k] for rd in r["rounds"]]
+    chat_scale = min(1.0, (sum(answers) / max(len(answers), 1)) / max(max_new_tokens, 1))
+    total = 0.0
+    for part, sec in lab.metrics["eval"]["seconds"].items():
+        scale = chat_scale if part == "own_history" else 1.0
+        total += sec * scale * dialogues.get(part, min(DEMO_ABLATIONS, n)) / k
+    t = time.perf_counter()
+    heldout_metrics(model, processor, world, max_new_tokens=max_new_tokens, max_dialogues=k)
+    splits = [s for s in (heldout_info(world).get("splits") or {}) if (world / f"{s}.jsonl").is_file()]
+    if splits:
+        sizes = [len(load_split(world, s)) for s in splits]
+        total += (time.perf_counter() - t) * sum(sizes) / sum(min(k, size) for size in sizes)
+    return total
+
+
+def budget_training(cfg: Config, t0: float, eval_seconds: float, log=print) -> Config:
+    """cfg with train.max_minutes cut to what eval.demo_minutes leaves after the time spent so far, the
+    evaluation's estimate and the tail; at least one minute."""
+    left = cfg.eval.demo_minutes * 60 - (time.perf_counter() - t0) - eval_seconds - TAIL_SECONDS
+    minutes = max(1.0, left / 60)
+    if cfg.train.max_minutes:
+        minutes = min(minutes, cfg.train.max_minutes)
+    log(f"demo budget: {cfg.eval.demo_minutes:g} min in all; {time.perf_counter() - t0:.0f}s so far, evaluation "
+        f"estimated at {eval_seconds:.0f}s: training gets {minutes:.1f} min"
+        + (f" (train.max_minutes {cfg.train.max_minutes:g})" if cfg.train.max_minutes else ""))
+    return replace(cfg, train=replace(cfg.train, max_minutes=round(minutes, 2)))
+
+
 def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
+    t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_world(cfg, out, progress, log)
     tokenizer, model, processor, dataset = prepare(cfg, world, progress)
-    result = train(cfg, model, tokenizer, dataset, out, progress=progress, log=log, meta=world_meta(world))
-    log(f"trained {result.steps} steps in {result.wall_seconds:.0f}s ({result.tokens_per_second:.0f} tokens/s)")
     records = load_split(world, cfg.eval.split)
     if cfg.eval.max_dialogues:
         records = records[: cfg.eval.max_dialogues]
+    if cfg.eval.demo_minutes:
+        was_training = model.training
+        with torch.no_grad():
+            estimate = estimate_eval_seconds(model.eval(), processor, records, world, cfg.eval.max_new_tokens)
+        model.train(was_training)
+        cfg = budget_training(cfg, t0, estimate, log)
+    result = train(cfg, model, tokenizer, dataset, out, progress=progress, log=log, meta=world_meta(world))
+    log(f"trained {result.steps} steps in {result.wall_seconds:.0f}s ({result.tokens_per_second:.0f} tokens/s)")
     t = time.perf_counter()
     # The gold history and the ablations are teacher forced (one batched pass each); the real chat (own
     # history) and the ranking generate or score per question, so they run on the first dialogues only.

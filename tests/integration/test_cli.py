@@ -24,7 +24,8 @@ def cli(*args, stdin=None, check=True):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cli("demo", "--config", TINY, "--out", out)
+    r = cli("demo", "--config", TINY, "--out", out, "eval.demo_minutes=5")  # the budget path, as configs/demo.yaml runs it
+    (out / "stdout.txt").write_text(r.stdout)
     return out
 
 
@@ -45,6 +46,8 @@ def test_demo_writes_everything(demo_run):
     assert ".png" in transcript and "| gold |" in transcript
     log = [json.loads(l) for l in (demo_run / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 6 and all(r["loss"] > 0 for r in log)
+    stdout = (demo_run / "stdout.txt").read_text()
+    assert "demo budget: 5 min in all" in stdout and "training gets" in stdout, stdout
 
 
 def test_eval_loads_the_demo_checkpoint(demo_run, tmp_path):
