@@ -9,12 +9,13 @@ from pathlib import Path
 from mmdialog.chat.policies import make_policy
 from mmdialog.chat.sampling import SamplingParams
 from mmdialog.chat.session import ChatSession
-from mmdialog.data.conversation import Conversation, Image
+from mmdialog.data.conversation import Audio, Conversation, Image, Video
 from mmdialog.errors import MMDialogError
 
 HELP = """commands:
   /image PATH          attach an image to your next message (several may be attached)
-  /audio PATH          attach audio (not available yet: no model here encodes audio)
+  /audio PATH          attach a WAV clip (models with an audio encoder)
+  /video PATH          attach a clip: animated GIF/PNG/WebP or .npy frames (models with a video encoder)
   /policy NAME [ARG]   context policy: full | last_k K [STEP] | token_budget TOKENS | summary KEEP [STEP]
                        (STEP > 1 drops old rounds STEP at a time, so the cache survives between cuts)
   /undo                remove your last message and its reply
@@ -31,7 +32,7 @@ class ChatCLI:
 
     def __init__(self, session: ChatSession, stdin=sys.stdin, stdout=sys.stdout, system: str | None = None):
         self.session, self.stdin, self.stdout, self.system = session, stdin, stdout, system
-        self.pending: list[Image] = []
+        self.pending: list[Image | Audio | Video] = []
         if system and not session.conv.turns:
             session.add("system", system)
 
@@ -89,8 +90,21 @@ class ChatCLI:
             im.load()
             self.pending.append(im)
             self.say(f"(image {arg} attached to your next message)")
-        elif name == "/audio":
-            raise MMDialogError("audio input is not available yet: no mmdialog model encodes audio so far")
+        elif name in ("/audio", "/video"):
+            kind = name[1:]
+            if not arg:
+                raise MMDialogError(f"usage: /{kind} PATH")
+            encoders = getattr(s.model, "encoders", {})
+            if kind not in encoders:
+                raise MMDialogError(f"this model has no {kind} encoder (it has: {', '.join(encoders) or 'none'}); "
+                                    f"see model.encoders in the config")
+            path = Path(arg).expanduser()
+            if not path.is_file():
+                raise MMDialogError(f"{kind} file not found: {arg}")
+            part = (Audio if kind == "audio" else Video)(path=str(path.resolve()))
+            part.read_bytes()
+            self.pending.append(part)
+            self.say(f"({kind} {arg} attached to your next message)")
         elif name == "/policy":
             if not arg:
                 self.say(f"(policy: {s.policy.describe()})")

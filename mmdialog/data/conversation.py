@@ -71,7 +71,7 @@ def _media_bytes(kind: str, path: str | None, data: bytes | None) -> bytes:
 class Audio:
     """An audio clip: a file path, or the bytes of an encoded file (OpenAI's base64 `input_audio`).
 
-    No model encodes audio yet: the dataset formats carry it, and training skips what it cannot encode.
+    Models with an audio encoder (model.encoders.audio) read it; the dataset formats carry it either way.
     """
 
     path: str | None = None
@@ -88,7 +88,7 @@ class Audio:
 
 @dataclass
 class Video:
-    """A video clip given by a file path (no model encodes video yet; see Audio)."""
+    """A video clip given by a file path (animated GIF/PNG/WebP or .npy frames), for models with a video encoder."""
 
     path: str | None = None
     type: str = field(default="video", init=False)

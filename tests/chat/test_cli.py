@@ -52,9 +52,25 @@ def test_chat_errors_are_one_line_and_change_nothing(tiny, tmp_path):
     ])
     errors = [l for l in out.splitlines() if "error: " in l]
     assert len(errors) == 9, out
-    for needle in ["image file not found: /no/such.png", "audio input is not available yet",
+    for needle in ["image file not found: /no/such.png", "this model has no audio encoder (it has: image)",
                    "unknown context policy 'lastk'", "whole number", "nothing to undo", "nothing to regenerate",
                    "does not hold a conversation", "file not found", "unknown command /frobnicate"]:
         assert needle in out, needle
     assert "/policy NAME [ARG]" in out  # /help
     assert out.count("bot> ") == 1 and len(session.conv.turns) == 2 and "Traceback" not in out
+
+
+def test_audio_and_video_attach_to_the_next_message_on_a_model_that_encodes_them(tokenizer, tmp_path):
+    from tests.test_model import av_model, gif, wav_bytes
+
+    model, proc = av_model(tokenizer)
+    wav = tmp_path / "beep.wav"
+    wav.write_bytes(wav_bytes(0.3, 16000))
+    clip = gif(tmp_path / "clip.gif", 6)
+    session, out = run((model, proc), [f"/audio {wav}", f"/video {clip}", "What do you hear?", "/audio /no/such.wav"])
+    assert f"(audio {wav} attached" in out and f"(video {clip} attached" in out, out
+    assert "audio file not found: /no/such.wav" in out and "Traceback" not in out
+    first = session.conv.turns[0]
+    assert [p.type for p in first.parts] == ["audio", "video", "text"] and session.conv.turns[1].role == "assistant"
+    model_ids = proc(session.conv.prefix(1), add_generation_prompt=True).input_ids.tolist()
+    assert model_ids.count(tokenizer.media_ids["audio"]) == model.num_media_tokens("audio")
