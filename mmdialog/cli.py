@@ -33,6 +33,7 @@ def cmd_world(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from mmdialog.data.dataset import report_skipped
     from mmdialog.demo import ensure_world
     from mmdialog.export import world_meta
     from mmdialog.train.checkpoint import latest_training_checkpoint
@@ -74,7 +75,7 @@ def cmd_train(args) -> int:
         return 143  # 128 + SIGTERM: the job did not finish
     print(f"trained {result.steps} steps in {result.wall_seconds:.0f}s, final loss {result.final_loss:.4f}; "
           f"checkpoint: {out / 'checkpoint'}")
-    _report_skipped(dataset.skipped, out / "skipped.jsonl")
+    report_skipped(dataset.skipped, out / "skipped.jsonl")
     return 0
 
 
@@ -122,20 +123,6 @@ def _data_files(cfg):
 
     files = [str(p.resolve()) for p in expand_files(cfg.data.train_file)]
     return files[0] if isinstance(cfg.data.train_file, str) and len(files) == 1 else files
-
-
-def _report_skipped(skipped, path: Path, show: int = 20) -> None:
-    """Records left out of training, never silently: a count, the first reasons, all of them in a file."""
-    if not skipped:
-        return
-    with open(path, "w") as f:
-        for s in skipped:
-            f.write(json.dumps({"record": s.id, "reason": s.reason}) + "\n")
-    print(f"skipped {len(skipped)} record(s) (all in {path}):")
-    for s in skipped[:show]:
-        print(f"  {s.id}: {s.reason}")
-    if len(skipped) > show:
-        print(f"  ... and {len(skipped) - show} more")
 
 
 def cmd_eval(args) -> None:

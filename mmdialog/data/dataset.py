@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -16,6 +18,20 @@ from mmdialog.errors import MMDialogError
 class Skipped:
     id: str
     reason: str
+
+
+def report_skipped(skipped: list[Skipped], path: Path, show: int = 20, log=print) -> None:
+    """Records left out of training, never silently: a count, the first reasons, all of them in a file."""
+    if not skipped:
+        return
+    with open(path, "w") as f:
+        for s in skipped:
+            f.write(json.dumps({"record": s.id, "reason": s.reason}) + "\n")
+    log(f"skipped {len(skipped)} record(s) (all in {path}):")
+    for s in skipped[:show]:
+        log(f"  {s.id}: {s.reason}")
+    if len(skipped) > show:
+        log(f"  ... and {len(skipped) - show} more")
 
 
 @dataclass

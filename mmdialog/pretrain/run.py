@@ -115,9 +115,9 @@ def run_pretrain(cfg: Config, out: str | Path, *, resume: bool = False, dist: Di
                                                                                "vocab_size", "placeholder_ids")})
     save_heads(out, heads, pc, answer_vocab)
     if dataset.skipped:
-        from mmdialog.cli import _report_skipped
+        from mmdialog.data.dataset import report_skipped
 
-        _report_skipped(dataset.skipped, out / "skipped.jsonl")
+        report_skipped(dataset.skipped, out / "skipped.jsonl")
     metrics = {
         "objectives": weights, "text_tower": pc.text_tower,
         "data": {**source, "pairs": len(dataset), "questions": sum(len(it.qas) for it in dataset.items),
