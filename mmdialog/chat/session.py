@@ -120,10 +120,6 @@ class ChatSession:
                       "media_encoded": 0}
         self.last: Reply | None = None
 
-    @property
-    def cached_images(self) -> int:
-        return len(self.cached_media)
-
     def _snapshot(self) -> dict:
         # KVCache never writes into a tensor in place (update concatenates, crop slices), so copying
         # its lists is a complete snapshot, and a fork can share the tensors.

@@ -270,9 +270,6 @@ class Processor:
                 inside = False
         return labels
 
-    def images(self, conv: Conversation) -> torch.Tensor | None:
-        return self.media_tensor(conv, "image")  # (N, 3, H, W)
-
     def media_tensor(self, conv: Conversation, modality: str, where: str = "conversation") -> torch.Tensor | None:
         """One modality's items stacked: images (N, 3, H, W), audios (N, S), videos (N, F, 3, H, W); None if none."""
         parts = conv.media(modality)

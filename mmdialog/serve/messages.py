@@ -28,7 +28,6 @@ from PIL import Image as PILImage
 
 from mmdialog.chat.sampling import SamplingParams
 from mmdialog.data.conversation import Conversation, Image, Part, Text, Turn
-from mmdialog.errors import MMDialogError
 
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -305,10 +304,3 @@ def release_free_memory() -> None:
 
 
 _trim = None
-
-
-def check_sampling(params: SamplingParams) -> SamplingParams:
-    try:
-        return params.validate()
-    except MMDialogError as e:
-        raise bad(str(e)) from None
