@@ -298,6 +298,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmdialog.config import WorldConfig
+
     p = argparse.ArgumentParser(prog="mmdialog", description="Multimodal multi-turn dialogue models: build, train, evaluate, chat, serve.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -314,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("world", help="write the built-in shapes world (JSONL + PNG, train/val/test)",
                         description="Generate the seeded shapes world: same seed, same bytes.")
     sp.add_argument("--out", required=True, help="directory to write")
-    sp.add_argument("--dialogues", type=int, default=1000, help="number of dialogues over all splits")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--image-size", type=int, default=64)
+    world = WorldConfig()  # the same defaults as a config's world section
+    sp.add_argument("--dialogues", type=int, default=world.dialogues,
+                    help=f"number of dialogues over all splits (default: {world.dialogues}, as world.dialogues)")
+    sp.add_argument("--seed", type=int, default=world.seed)
+    sp.add_argument("--image-size", type=int, default=world.image_size)
     sp.add_argument("--rounds", type=int, default=8, help="question rounds per dialogue after the caption")
     sp.add_argument("--held-out", action="append", metavar="KINDS",
                     help="add held-out test splits, comma-separated or repeated: long (test_long: at least twice "

@@ -100,3 +100,12 @@ def test_help_explains_every_subcommand():
     for sub in ["demo", "world", "train", "eval", "chat"]:
         assert sub in top
         assert "usage: mmdialog " + sub in cli(sub, "--help").stdout
+
+
+def test_world_command_defaults_are_the_configs():
+    from mmdialog.cli import build_parser
+    from mmdialog.config import WorldConfig
+
+    args = build_parser().parse_args(["world", "--out", "x"])
+    w = WorldConfig()
+    assert (args.dialogues, args.seed, args.image_size) == (w.dialogues, w.seed, w.image_size)
