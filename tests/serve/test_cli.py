@@ -1,4 +1,4 @@
-"""`mmdialog serve` as a user runs it: a real process on a local port, answering the README's request."""
+"""`mmdialog serve` as a user runs it: a real process on a local port, answering the request of docs/serving.md."""
 
 import os
 import subprocess
