@@ -72,7 +72,7 @@ def test_training_wordings_are_never_held_out_or_canonical(world):
             if p["op"] == "chat":  # not about the picture: test_paraphrase keeps those turns as they are
                 continue
             mine = train_paraphrases(p, ref)
-            assert len(set(mine)) == 2
+            assert len(set(mine)) == len(mine) >= 4  # distinct, several per kind of question
             assert not set(mine) & (set(paraphrases(p, ref)) | {question_text(p, ref)})
             # every wording an ordinary world may ask, in any surface form, is still not a held-out one
             assert not {canonical(w) for w in wordings(p, ref)} & {canonical(w) for w in paraphrases(p, ref)}

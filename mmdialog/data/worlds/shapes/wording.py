@@ -10,6 +10,9 @@ question mark. `canonical` undoes the surface forms, so a checker compares wordi
 The held-out test_paraphrase wordings (heldout.paraphrases) are never among `wordings` (a test proves it),
 so that split stays a measurement of wordings never trained on.
 
+Picture questions also come as "Can you ...?" and "Do we ...?": with the off-topic chat turns ("Can you write me a
+poem?") as the only such questions, a model learns that "Can you ..." is refused whatever follows.
+
 The few turns that are not about the picture (greetings, "what can you do?", thanks, off-topic requests,
 each with a short honest answer) are dialogue.CHAT; the generator drops one into some dialogues (op "chat").
 """
@@ -30,10 +33,14 @@ _WORD = re.compile(r"[A-Za-z']+")
 
 def _attr(attr: str, subject: str) -> list[str]:
     if attr == "position":
-        return [f"Whereabouts is {subject}?", f"Where is {subject} located?"]
+        return [f"Whereabouts is {subject}?", f"Where is {subject} located?", f"Where is {subject} placed?",
+                f"Which position does {subject} have?"]
     if subject == "it":
-        return [f"Which {attr} does it have?", f"Say which {attr} it has."]
-    return [f"Which {attr} does {subject} have?", f"Say which {attr} {subject} has."]
+        return [f"Which {attr} does it have?", f"Say which {attr} it has.", f"What {attr} does it have?",
+                f"And what {attr} is it?"]
+    return [f"Which {attr} does {subject} have?", f"Say which {attr} {subject} has.",
+            f"What {attr} does {subject} have?", f"Which {attr} is {subject}?",
+            f"Can you say which {attr} {subject} has?"]
 
 
 def train_paraphrases(program: dict, ref: str) -> list[str]:
@@ -48,32 +55,42 @@ def train_paraphrases(program: dict, ref: str) -> list[str]:
         if ref == "ellipsis":
             a = program["swapped"]
             what = f"{f[a]}s" if a == "shape" else f"{f[a]} ones"
-            return [f"Same question for {what}.", f"Then what is the count for {what}?"]
+            return [f"Same question for {what}.", f"Then what is the count for {what}?", f"And for {what}?",
+                    f"And how many {what}?"]
         if ref == "group":
             a = program["added"]
             what = f[a] + "s" if a == "shape" else f[a]
-            return [f"Among them, how many are {what}?", f"What number of them are {what}?"]
-        return [f"What is the number of {plural(f)}?", f"Tell me how many {plural(f)} there are."]
+            return [f"Among them, how many are {what}?", f"What number of them are {what}?",
+                    f"And how many of them are {what}?", f"Out of them, how many are {what}?"]
+        return [f"What is the number of {plural(f)}?", f"Tell me how many {plural(f)} there are.",
+                f"How many {plural(f)} are in the picture?", f"How many {plural(f)} are shown?",
+                f"Number of {plural(f)}?", f"Can you tell me how many {plural(f)} there are?"]
     if op == "exist":
         what = phrase(program["filter"])
-        return [f"Does the picture contain a {what}?", f"Is a {what} present?"]
+        return [f"Does the picture contain a {what}?", f"Is a {what} present?", f"Is there any {what}?",
+                f"Are there any {plural(program['filter'])}?", f"Is there a {what} in the picture?",
+                f"Does the image have a {what}?", f"Can you spot a {what}?", f"Do we have a {what} here?"]
     if op == "query":
         attr = program["attr"]
         if ref == "pronoun":
             return _attr(attr, "it")
         if ref == "ellipsis":
-            return [f"Same question for the {phrase(program['desc'])}.", f"The same for the {phrase(program['desc'])}?"]
+            what = phrase(program["desc"])
+            return [f"Same question for the {what}.", f"The same for the {what}?", f"And what about the {what}?",
+                    f"Now the {what}?"]
         if ref == "far":
             return _attr(attr, f"the {phrase(program['desc'])} from earlier")
         if ref == "name":
             return _attr(attr, program["name"])
         return _attr(attr, f"the {phrase(program['desc'])}")
     if op == "name":
-        return [f"From now on the {phrase(program['desc'])} is {program['name']}.",
-                f"We will refer to the {phrase(program['desc'])} as {program['name']}."]
+        what, name = phrase(program["desc"]), program["name"]
+        return [f"From now on the {what} is {name}.", f"We will refer to the {what} as {name}.",
+                f"Call the {what} {name}.", f"I want to call the {what} {name}."]
     if op == "recall":
-        return [f"Which name does the {phrase(program['desc'])} have?",
-                f"Remind me what we named the {phrase(program['desc'])}."]
+        what = phrase(program["desc"])
+        return [f"Which name does the {what} have?", f"Remind me what we named the {what}.",
+                f"What was the name of the {what}?", f"Do you remember what we called the {what}?"]
     raise ValueError(f"unknown program op {op!r}")
 
 
