@@ -151,7 +151,8 @@ class MultimodalLM(nn.Module):
     def generate(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, *, max_new_tokens: int,
                  eos_id: int, cache: KVCache | None = None, audios: torch.Tensor | None = None,
                  videos: torch.Tensor | None = None) -> list[int]:
-        """Greedy continuation of one prompt (1, T): the new token ids, ending with eos_id if it was produced.
+        """Greedy continuation of one prompt (1, T): the new token ids, ending with eos_id if it was produced;
+        never a media placeholder id.
 
         The prompt is prefilled once, then each step feeds one token. Afterwards the cache (a fresh
         one unless given) holds the prompt and every returned token but the last, which was never fed.
@@ -160,12 +161,16 @@ class MultimodalLM(nn.Module):
             raise MMDialogError(f"generate takes one prompt, shape (1, T); got {tuple(input_ids.shape)}")
         cache = KVCache() if cache is None else cache
         hidden = self.hidden(input_ids, self.encode_media(images, audios, videos), cache=cache)  # (1, T, D)
+        # a placeholder token fed back would ask for a media item that is not there: never generated
+        banned = torch.tensor(sorted(set(self.placeholder_ids.values())), dtype=torch.long, device=input_ids.device)
         tokens: list[int] = []
         for step in range(max_new_tokens):
             if step > 0:  # feed the previous token; the last one returned is never fed
                 prev = torch.tensor([[tokens[-1]]], device=input_ids.device)  # (1, 1)
                 hidden = self.hidden(prev, cache=cache)  # (1, 1, D): cross-attention still sees the media
-            next_id = int(self.decoder.logits(hidden[0, -1]).argmax())
+            logits = self.decoder.logits(hidden[0, -1]).clone()  # (V,)
+            logits[banned[banned < logits.numel()]] = float("-inf")
+            next_id = int(logits.argmax())
             tokens.append(next_id)
             if next_id == eos_id:
                 break

@@ -121,6 +121,22 @@ def test_generate_equals_uncached_greedy_and_leaves_the_cache_consistent():
         model.generate(ids.repeat(2, 1), image.repeat(2, 1, 1, 1), max_new_tokens=1, eos_id=EOS)
 
 
+def test_generate_never_produces_a_placeholder_token():
+    """A placeholder fed back would ask for a media item that is not there (the next forward fails)."""
+    model = make_model()
+    real = model.decoder.logits
+
+    def favour_placeholder(h):
+        out = real(h).clone()
+        out[..., IMG] = 1e4
+        return out
+
+    model.decoder.logits = favour_placeholder
+    ids = torch.tensor([[5, IMG, IMG, IMG, IMG, 9, 11]])
+    tokens = model.generate(ids, torch.rand(1, 3, 16, 16), max_new_tokens=5, eos_id=-1)
+    assert len(tokens) == 5 and IMG not in tokens
+
+
 def test_bf16_autocast_forward_and_backward():
     model = make_model().train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
