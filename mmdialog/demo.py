@@ -10,10 +10,10 @@ import torch
 
 from mmdialog.chat.session import ChatSession
 from mmdialog.config import Config
+from mmdialog.data.answers import normalise
 from mmdialog.data.conversation import Image
 from mmdialog.data.worlds.shapes import generate_world, heldout_info, load_split
 from mmdialog.eval.lab import run_lab
-from mmdialog.eval.multiturn import normalise
 from mmdialog.eval.plots import plot_run
 from mmdialog.eval.report import build_report
 from mmdialog.eval.run import heldout_metrics, write_outputs
@@ -85,7 +85,7 @@ def estimate_eval_seconds(model, processor, records: list[dict], world: Path, ma
     heldout_metrics(model, processor, world, max_new_tokens=max_new_tokens, max_dialogues=k)
     splits = [s for s in (heldout_info(world).get("splits") or {}) if (world / f"{s}.jsonl").is_file()]
     if splits:
-        sizes = [len(load_split(world, s)) for s in splits]
+        sizes = [sum(1 for line in open(world / f"{s}.jsonl", encoding="utf-8") if line.strip()) for s in splits]
         total += (time.perf_counter() - t) * sum(sizes) / sum(min(k, size) for size in sizes)
     return total
 

@@ -94,10 +94,7 @@ class ChatCLI:
             kind = name[1:]
             if not arg:
                 raise MMDialogError(f"usage: /{kind} PATH")
-            encoders = getattr(s.model, "encoders", {})
-            if kind not in encoders:
-                raise MMDialogError(f"this model has no {kind} encoder (it has: {', '.join(encoders) or 'none'}); "
-                                    f"see model.encoders in the config")
+            s.model.num_media_tokens(kind)  # raises, naming the encoders the model has, when it has none for this
             path = Path(arg).expanduser()
             if not path.is_file():
                 raise MMDialogError(f"{kind} file not found: {arg}")

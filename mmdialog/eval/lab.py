@@ -29,11 +29,12 @@ from mmdialog.chat.policies import Policy
 from mmdialog.chat.session import ChatSession
 from mmdialog.data.conversation import Image
 from mmdialog.data.processor import Processor
+from mmdialog.data.answers import normalise
 from mmdialog.errors import MMDialogError
 from mmdialog.eval import batched_chat
 from mmdialog.eval.contexts import ABLATIONS, Context, Sequence, record_image, user_parts
 from mmdialog.eval.matching import check_match, matches, token_f1
-from mmdialog.eval.multiturn import (WORLD_GROUPS, WORLD_LABELS, WORLD_NUMERIC, difference_groups, normalise, summarise,
+from mmdialog.eval.multiturn import (WORLD_GROUPS, WORLD_LABELS, WORLD_NUMERIC, difference_groups, summarise,
                                      summarise_groups)
 from mmdialog.eval.ranking import LikelihoodRanker, summarise_ranking, world_candidates
 from mmdialog.eval.teacher_forced import TeacherForcedScorer

@@ -15,11 +15,11 @@ import torch
 from tqdm import tqdm
 
 from mmdialog.chat.session import ChatSession
+from mmdialog.data.answers import normalise
 from mmdialog.data.conversation import Image
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM
-from mmdialog.data.answers import normalise  # noqa: F401 (the lab's and the demo's normal form)
 
 DISTANCE_BUCKETS = ("0", "1", "2", "3+")
 FINE_BUCKETS = ("0", "1", "2", "3-5", "6+")  # the split; "3+" stays for the files the demo has written

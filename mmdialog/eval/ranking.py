@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
+from mmdialog.data.answers import normalise
 from mmdialog.data.collate import Collator
 from mmdialog.data.processor import Processor
 from mmdialog.data.worlds.shapes.dialogue import NAMES
 from mmdialog.data.worlds.shapes.scene import COLOURS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES
 from mmdialog.eval.contexts import Context, record_image
 from mmdialog.eval.matching import canonical
-from mmdialog.eval.multiturn import normalise
 from mmdialog.eval.teacher_forced import assistant_spans
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache

@@ -52,7 +52,7 @@ def test_chat_errors_are_one_line_and_change_nothing(tiny, tmp_path):
     ])
     errors = [l for l in out.splitlines() if "error: " in l]
     assert len(errors) == 9, out
-    for needle in ["image file not found: /no/such.png", "this model has no audio encoder (it has: image)",
+    for needle in ["image file not found: /no/such.png", "the model has no 'audio' encoder; it has: image",
                    "unknown context policy 'lastk'", "whole number", "nothing to undo", "nothing to regenerate",
                    "does not hold a conversation", "file not found", "unknown command /frobnicate"]:
         assert needle in out, needle

@@ -1,4 +1,5 @@
-from mmdialog.eval.multiturn import distance_bucket, normalise, summarise
+from mmdialog.data.answers import normalise
+from mmdialog.eval.multiturn import distance_bucket, summarise
 
 
 def row(i, distance, correct, family="count", rnd=1, ref="none"):
