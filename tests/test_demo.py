@@ -40,6 +40,6 @@ def test_the_evaluation_estimate_grows_with_the_dialogues_it_covers(tiny, world)
     records = load_split(world, "test")
     few = estimate_eval_seconds(model, proc, records[:2], world, max_new_tokens=4)
     assert few > 0
-    # the probe is the same 2 dialogues; the full split is scaled from it
+    # two dialogues: both probes are the same 2, scaled; eighty: the line through 4 and 16 extrapolated
     many = estimate_eval_seconds(model, proc, records[:2] * 40, world, max_new_tokens=4)
     assert many > 5 * few
