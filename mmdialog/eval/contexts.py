@@ -42,6 +42,7 @@ class Sequence:
     id: str
     conv: Conversation
     scored: list[tuple[int, int]] = field(default_factory=list)
+    gold_prefix: bool = False  # the gold conversation cut after its last round: scored as the gold history is
 
 
 def rounds_of(record: dict) -> list[tuple[str, str]]:
@@ -121,7 +122,8 @@ class PerRound(Context):
         for r in scored_rounds(record):  # round 0 has no history: its context is the gold one
             kept = self.history(record, r) + [r]
             conv = _conversation(record, kept, image, media=self.uses_image)
-            out.append(Sequence(record["id"], conv, [(len(kept) - 1, r)]))
+            out.append(Sequence(record["id"], conv, [(len(kept) - 1, r)],
+                                gold_prefix=self.uses_image and kept == list(range(r + 1))))
         return out
 
 

@@ -75,12 +75,26 @@ def _start(session: ChatSession, record: dict) -> None:
 
 def teacher_forced_rows(scorer: TeacherForcedScorer, context: Context, records: list[dict],
                         images: dict[str, Image], *, progress: bool = False,
-                        annotate: Callable[[dict, int], dict] | None = None) -> list[dict]:
-    """Per scored question, whether greedy decoding answers it right under `context`."""
+                        annotate: Callable[[dict, int], dict] | None = None,
+                        gold: dict[tuple[str, int], dict] | None = None) -> list[dict]:
+    """Per scored question, whether greedy decoding answers it right under `context`.
+
+    gold: the teacher-forced gold-history rows by (id, round). A per-round context that keeps the whole
+    history in order (last_4 at round 3, no_history at round 0) is a prefix of the gold conversation, and
+    a causal model scores it as the gold history did: its row is copied instead of scored again."""
     seqs: list[Sequence] = [s for rec in records for s in context.sequences(rec, images.get(rec["id"]))]
     by_id = {rec["id"]: rec for rec in records}
-    scores = scorer.score(seqs, desc=context.name, progress=progress)
     rows = []
+    if gold:
+        same = [s for s in seqs if s.gold_prefix and all((s.id, r) in gold for _, r in s.scored)]
+        for seq in same:
+            for _, r in seq.scored:
+                g = gold[(seq.id, r)]
+                rows.append(row(by_id[seq.id], r, g["pred"], g["correct"], context.name, logprob=g.get("logprob"),
+                                **(annotate(by_id[seq.id], r) if annotate else {})))
+        skip = {id(s) for s in same}
+        seqs = [s for s in seqs if id(s) not in skip]
+    scores = scorer.score(seqs, desc=context.name, progress=progress)
     for seq, res in zip(seqs, scores):
         rec = by_id[seq.id]
         for (_, r), s in zip(seq.scored, res):
@@ -249,9 +263,11 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
     def both(rows, key="correct"):  # the world's summary (the keys the demo has always written) beside the generic one
         return {**(summarise(rows) if world else {}), **groups(rows, key)}
 
+    forced = None  # the teacher-forced gold rows, which the ablations' gold prefixes reuse
     if gold_method == "teacher_forced":
         preds["gold_history"] = timed("gold_history", lambda: teacher_forced_rows(
             scorer, Context(), records, images, progress=progress, annotate=annotate))
+        forced = {(r["id"], r["round"]): dict(r) for r in preds["gold_history"]}  # before replies replace pred
         if match is not None:
             timed("gold_history_replies", lambda: generate_wrong_replies(
                 model, processor, records, images, preds["gold_history"], max_new_tokens=max_new_tokens,
@@ -298,7 +314,7 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
         if name not in ABLATIONS:
             raise MMDialogError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
         preds[name] = timed(name, lambda: teacher_forced_rows(scorer, ABLATIONS[name](), abl_records, images,
-                                                                progress=progress, annotate=annotate))
+                                                                progress=progress, annotate=annotate, gold=forced))
         metrics["ablations"][name] = both(preds[name])
     if metrics["ablations"]:
         ids = {r["id"] for r in abl_records}

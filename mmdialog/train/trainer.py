@@ -43,6 +43,7 @@ from mmdialog.train.checkpoint import (latest_training_checkpoint, load_training
 from mmdialog.train.distributed import (Dist, check_fsdp, full_optimizer_state, full_state_dict, full_tensor,
                                         load_full_optimizer_state, load_full_state_dict, materialize, meta_copy,
                                         shard_fsdp)
+from mmdialog.train.muon import Muon
 from mmdialog.train.sampler import StepSampler
 from mmdialog.train.strategies import (ADAPTERS, Plan, build_plan, enable_gradient_checkpointing, lora_state, merge_lora,
                                       save_adapters)
@@ -198,8 +199,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
     steps, and the decoder then ignores images. A parameter frozen for a while (staged training) has no
     gradient then, and AdamW leaves it and its state alone.
 
-    train.optimizer=muon (the default): the hidden matrices (muon_matrices) get torch.optim.Muon instead,
-    its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the
+    train.optimizer=muon (the default): the hidden matrices (muon_matrices) get Muon instead
+    (torch.optim.Muon, with its Newton-Schulz iteration in fp32 on a CPU: train/muon.py), its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the
     demo world it reads the picture far sooner than AdamW (benchmarks/learning_curve.py)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise MMDialogError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
@@ -219,7 +220,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
     adamw = torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=cfg.betas) if adam_groups or not muon_groups else None
     if not muon_groups:
         return adamw
-    muon_opt = torch.optim.Muon(muon_groups, lr=cfg.lr, adjust_lr_fn="match_rms_adamw")
+    on_gpu = any(p.is_cuda for g in muon_groups for p in g["params"])  # bf16 Newton-Schulz there, fp32 on a CPU (muon.py)
+    muon_opt = Muon(muon_groups, lr=cfg.lr, adjust_lr_fn="match_rms_adamw",
+                    ns_dtype=torch.bfloat16 if on_gpu else torch.float32)
     return Optimizers([muon_opt] + ([adamw] if adamw else []))
 
 

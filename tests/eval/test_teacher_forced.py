@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdialog.chat.session import ChatSession
-from mmdialog.eval.contexts import Context, record_image
+from mmdialog.eval.contexts import ABLATIONS, Context, record_image
 from mmdialog.eval.lab import gold_generated_rows, teacher_forced_rows
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
 
@@ -87,3 +87,23 @@ def test_end_token_needed_only_when_there_is_room(tiny, world32):
         assert [s.correct for s in res] == [length == n for length in lengths]
         for s, length in zip(res, lengths):
             assert s.first_wrong == (-1 if length == n else min(length, n))
+
+
+@pytest.mark.parametrize("ablation", ["no_history", "last_1", "last_2", "shuffled_history"])
+def test_gold_prefix_rounds_of_an_ablation_are_copied_with_the_same_verdicts(tiny, world32, ablation):
+    model, proc = tiny
+    world, records = world32
+    images = {r["id"]: record_image(r, world) for r in records[:6]}
+    scorer = TeacherForcedScorer(model, proc, max_new_tokens=4, max_batch_tokens=300)
+    gold = {(r["id"], r["round"]): r for r in teacher_forced_rows(scorer, Context(), records[:6], images)}
+    context = ABLATIONS[ablation]()
+    prefixes = [s for rec in records[:6] for s in context.sequences(rec, images[rec["id"]]) if s.gold_prefix]
+    # round 1 (after the unscored caption) keeps its whole history under last_k and shuffling; no_history
+    # keeps none of it (only a scored round 0 would be a prefix)
+    assert (not prefixes) == (ablation == "no_history") and all(len(s.scored) == 1 for s in prefixes)
+    scored = teacher_forced_rows(scorer, context, records[:6], images)
+    reused = teacher_forced_rows(scorer, context, records[:6], images, gold=gold)
+    key = lambda r: (r["id"], r["round"], r["correct"], r["pred"], r["mode"])  # noqa: E731
+    assert [key(r) for r in reused] == [key(r) for r in scored]
+    no_media = [s for rec in records[:6] for s in ABLATIONS["no_media"]().sequences(rec, images[rec["id"]])]
+    assert not any(s.gold_prefix for s in no_media)  # without the picture nothing is the gold conversation
