@@ -105,8 +105,7 @@ class ChatSession:
         self.sampling = (sampling or SamplingParams()).replace(max_new_tokens=max_new_tokens)
         self.media_cache: dict[str, torch.Tensor] = {} if media_cache is None else media_cache  # media_key -> (1, T, d)
         self.lock = lock or contextlib.nullcontext()
-        tok = processor.tokenizer
-        self.banned = [tok.pad_id, tok.tok.token_to_id("<|bos|>"), *tok.role_ids.values(), *tok.media_ids.values()]
+        self.banned = processor.tokenizer.never_generated
         self.reset()
 
     # -- state -------------------------------------------------------------------------------------

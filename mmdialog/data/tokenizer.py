@@ -130,6 +130,12 @@ class ChatTokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
+    @property
+    def never_generated(self) -> list[int]:
+        """The ids no reply contains, so no decoder of a reply may choose them: padding, <|bos|>, the role
+        tokens and the media placeholders (the chat session, the batched chat and teacher forcing ban them)."""
+        return [self.pad_id, self.tok.token_to_id("<|bos|>"), *self.role_ids.values(), *self.media_ids.values()]
+
     def encode(self, text: str) -> list[int]:
         """Template text: spellings of special tokens become those tokens."""
         return self.tok.encode(text, add_special_tokens=False).ids

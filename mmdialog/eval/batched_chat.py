@@ -29,7 +29,6 @@ from mmdialog.data.conversation import Conversation, Text, Turn
 from mmdialog.data.processor import MEDIA_KEYS, Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import user_parts
-from mmdialog.eval.teacher_forced import banned_ids
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache
 
@@ -109,7 +108,7 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
     tok = processor.tokenizer
     device = next(model.parameters()).device
     max_len = model.decoder.max_seq_len
-    banned = torch.tensor(banned_ids(processor), device=device)
+    banned = torch.tensor(processor.tokenizer.never_generated, device=device)
     placeholders = {tok.media_ids[m]: (m, processor.media_tokens(m)) for m in processor.media}
     B = len(rows)
     cache = _Columns(max_len)

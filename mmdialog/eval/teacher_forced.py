@@ -54,12 +54,6 @@ def assistant_spans(ids: list[int], assistant_id: int, end_id: int) -> list[tupl
     return spans
 
 
-def banned_ids(processor: Processor) -> list[int]:
-    """The ids ChatSession never samples (see ChatSession.banned)."""
-    tok = processor.tokenizer
-    return [tok.pad_id, tok.tok.token_to_id("<|bos|>"), *tok.role_ids.values(), *tok.media_ids.values()]
-
-
 class TeacherForcedScorer:
     """Scores the marked replies of many Sequences with batched forward passes.
 
@@ -73,7 +67,7 @@ class TeacherForcedScorer:
         self.max_batch_tokens = max_batch_tokens
         tok = processor.tokenizer
         self.assistant_id, self.end_id = tok.role_ids["assistant"], tok.end_id
-        self.banned = banned_ids(processor)
+        self.banned = processor.tokenizer.never_generated
         self.collate = Collator(tok.pad_id)
 
     def prepare(self, seqs: list[Sequence]) -> list[Example]:

@@ -92,3 +92,12 @@ def test_over_long_text_is_refused_before_it_is_all_tokenised(tokenizer, monkeyp
     assert len(tokenizer.encode_conversation(Conversation().add("user", text), True, max_tokens=exact)) == exact
     with pytest.raises(TooLong):
         tokenizer.encode_conversation(Conversation().add("user", text), True, max_tokens=exact - 1)
+
+
+def test_never_generated_holds_the_structural_ids_and_no_reply_token(tokenizer):
+    banned = set(tokenizer.never_generated)
+    assert {tokenizer.pad_id, tokenizer.tok.token_to_id(BOS)} <= banned
+    assert set(tokenizer.role_ids.values()) <= banned and set(tokenizer.media_ids.values()) <= banned
+    assert tokenizer.end_id not in banned  # a reply ends with it
+    reply = tokenizer.encode_text("There are 2 red squares.")
+    assert not banned & set(reply)
