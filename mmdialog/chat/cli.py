@@ -80,17 +80,7 @@ class ChatCLI:
             return "quit"
         if name == "/help":
             self.say(HELP)
-        elif name == "/image":
-            if not arg:
-                raise MMDialogError("usage: /image PATH")
-            path = Path(arg).expanduser()
-            if not path.is_file():
-                raise MMDialogError(f"image file not found: {arg}")
-            im = Image(path=str(path.resolve()))  # absolute, so that /save and /load work from anywhere
-            im.load()
-            self.pending.append(im)
-            self.say(f"(image {arg} attached to your next message)")
-        elif name in ("/audio", "/video"):
+        elif name in ("/image", "/audio", "/video"):
             kind = name[1:]
             if not arg:
                 raise MMDialogError(f"usage: /{kind} PATH")
@@ -98,8 +88,9 @@ class ChatCLI:
             path = Path(arg).expanduser()
             if not path.is_file():
                 raise MMDialogError(f"{kind} file not found: {arg}")
-            part = (Audio if kind == "audio" else Video)(path=str(path.resolve()))
-            part.read_bytes()
+            # absolute, so that /save and /load work from anywhere
+            part = {"image": Image, "audio": Audio, "video": Video}[kind](path=str(path.resolve()))
+            part.load() if kind == "image" else part.read_bytes()  # a file that cannot be read fails here, not mid-turn
             self.pending.append(part)
             self.say(f"({kind} {arg} attached to your next message)")
         elif name == "/policy":

@@ -200,8 +200,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
     gradient then, and AdamW leaves it and its state alone.
 
     train.optimizer=muon (the default): the hidden matrices (muon_matrices) get Muon instead
-    (torch.optim.Muon, with its Newton-Schulz iteration in fp32 on a CPU: train/muon.py), its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the
-    demo world it reads the picture far sooner than AdamW (benchmarks/learning_curve.py)."""
+    (torch.optim.Muon, with its Newton-Schulz iteration in fp32 on a CPU: train/muon.py), its update
+    scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the demo world it reads the picture far sooner than AdamW (benchmarks/learning_curve.py)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise MMDialogError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
@@ -220,7 +220,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
     adamw = torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=cfg.betas) if adam_groups or not muon_groups else None
     if not muon_groups:
         return adamw
-    on_gpu = any(p.is_cuda for g in muon_groups for p in g["params"])  # bf16 Newton-Schulz there, fp32 on a CPU (muon.py)
+    on_gpu = any(p.is_cuda for g in muon_groups for p in g["params"])  # bf16 Newton-Schulz there, else fp32
     muon_opt = Muon(muon_groups, lr=cfg.lr, adjust_lr_fn="match_rms_adamw",
                     ns_dtype=torch.bfloat16 if on_gpu else torch.float32)
     return Optimizers([muon_opt] + ([adamw] if adamw else []))
