@@ -201,7 +201,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
 
     train.optimizer=muon (the default): the hidden matrices (muon_matrices) get Muon instead
     (torch.optim.Muon, with its Newton-Schulz iteration in fp32 on a CPU: train/muon.py), its update
-    scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the demo world it reads the picture far sooner than AdamW (benchmarks/learning_curve.py)."""
+    scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw") so that one lr serves both; on the demo world
+    it reads the picture far sooner than AdamW (benchmarks/learning_curve.py)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise MMDialogError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
