@@ -10,7 +10,6 @@ below the maximum and scaled) gives what WhisperFeatureExtractor gives, so the W
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -21,31 +20,14 @@ from mmdialog.errors import MMDialogError
 from mmdialog.registry import ENCODERS
 
 
-def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
-    return torch.where(f >= min_log_hz, min_log_hz / f_sp + torch.log(f.clamp(min=1e-10) / min_log_hz) / logstep, f / f_sp)
-
-
-def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), m * f_sp)
-
-
 def mel_filterbank(*, n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    """(n_freqs, n_mels) triangular filters, slaney scale and area normalisation (librosa's and Whisper's)."""
-    mels = torch.linspace(float(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64))),
-                          float(_hz_to_mel(torch.tensor(f_max, dtype=torch.float64))), n_mels + 2, dtype=torch.float64)
-    edges = _mel_to_hz(mels)  # (n_mels + 2,)
-    fft_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (n_freqs,)
-    diff = edges[1:] - edges[:-1]  # (n_mels + 1,)
-    slopes = edges[None, :] - fft_freqs[:, None]  # (n_freqs, n_mels + 2)
-    down = -slopes[:, :-2] / diff[:-1]
-    up = slopes[:, 2:] / diff[1:]
-    fb = torch.clamp(torch.minimum(down, up), min=0)  # (n_freqs, n_mels)
-    fb = fb * (2.0 / (edges[2:] - edges[:-2]))[None, :]
-    return fb.float()
+    """(n_freqs, n_mels) triangular filters, slaney scale and area normalisation (librosa's and Whisper's),
+    from transformers.audio_utils."""
+    from transformers.audio_utils import mel_filter_bank
+
+    return torch.from_numpy(mel_filter_bank(num_frequency_bins=n_freqs, num_mel_filters=n_mels, min_frequency=f_min,
+                                            max_frequency=f_max, sampling_rate=sample_rate, norm="slaney",
+                                            mel_scale="slaney")).float()
 
 
 class LogMel(nn.Module):
