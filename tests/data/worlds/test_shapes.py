@@ -187,6 +187,13 @@ def test_same_seed_same_bytes_other_seed_other_bytes(world, tmp_path):
     assert sum(third[k] != first[k] for k in first if k.endswith(".png")) > 70
 
 
+def test_two_processes_write_the_same_bytes_as_one(world, tmp_path):
+    out, _ = world
+    two = tmp_path / "two"
+    generate_world(two, dialogues=80, seed=SEED, progress=False, workers=2)
+    assert files(two) == files(out)  # the fixture's world: one process (80 dialogues are below PARALLEL_FROM)
+
+
 def test_dialogues_do_not_depend_on_order_or_world_size(world, tmp_path):
     out, _ = world
     lines = (out / "test.jsonl").read_text().splitlines()

@@ -5,10 +5,15 @@ Layout (the README's "The built-in world" section): world.json, {train,val,test}
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing
+import os
 import re
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter
 from pathlib import Path
 
@@ -101,11 +106,36 @@ class _Tally:
                 "by_ref": shares(self.ref, REFS)}
 
 
+PARALLEL_FROM = 2000  # dialogues from which generate_world spreads the work over processes
+
+
+def _dialogue_and_png(job: tuple) -> tuple[dict, bytes]:
+    seed, split, i, image_size, opts = job
+    record, image = make_dialogue(seed, split, i, image_size=image_size, **opts)
+    return record, encode_png(image)
+
+
+def _workers(total: int, workers: int | None) -> int:
+    """Processes for generate_world: forked ones, on Linux only (spawned ones would re-run the caller's
+    script, which a user's script without a __main__ guard does not survive); elsewhere one."""
+    if sys.platform != "linux":
+        return 1
+    if workers is not None:
+        return max(1, workers)
+    if total < PARALLEL_FROM:
+        return 1  # starting processes costs more than the work
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
 def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, rounds: int = 8,
                    splits=(0.8, 0.1, 0.1), progress: bool = True, held_out=(),
                    held_out_dialogues: int | None = None, long_rounds: int | None = None,
-                   modalities=("image",), media_dialogues: int | None = None, phrasing: str = "ordinary") -> dict:
+                   modalities=("image",), media_dialogues: int | None = None, phrasing: str = "ordinary",
+                   workers: int | None = None) -> dict:
     """Write a world of `dialogues` dialogues to out_dir; the same arguments give the same bytes.
+
+    workers: processes that draw and render the dialogues (every dialogue depends only on its seed, split and
+    index, so any number writes the same files); default one per core from PARALLEL_FROM dialogues on.
 
     held_out: kinds of held-out test splits to add ("long", "combos", "paraphrase"; see heldout.py), each of
     held_out_dialogues dialogues (default: the test split's count); long_rounds: rounds of test_long
@@ -155,7 +185,10 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     start = time.perf_counter()
     tally = _Tally()
     total = dialogues + n_held * len(kinds)
-    with tqdm(total=total, disable=not progress, desc="shapes world", unit="dialogue") as bar:
+    n_workers = _workers(total, workers)
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
+    with tqdm(total=total, disable=not progress, desc="shapes world", unit="dialogue") as bar, \
+            pool or contextlib.nullcontext():
         for split, opts in options.items():
             n = counts.get(split, n_held)
             img_dir = out / "images" / split
@@ -165,10 +198,11 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
                 m = ours.fullmatch(p.name)
                 if m and int(m[1]) >= n:
                     p.unlink()
+            jobs = ((seed, split, i, image_size, opts) for i in range(n))
+            made = pool.map(_dialogue_and_png, jobs, chunksize=64) if pool else map(_dialogue_and_png, jobs)
             with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
-                for i in range(n):
-                    record, image = make_dialogue(seed, split, i, image_size=image_size, **opts)
-                    (out / record["image"]).write_bytes(encode_png(image))
+                for record, png in made:  # in index order, whoever drew them
+                    (out / record["image"]).write_bytes(png)
                     f.write(json.dumps(record, sort_keys=True) + "\n")
                     if split in SPLITS:
                         tally.add(record["rounds"])
