@@ -70,7 +70,8 @@ def _probe_seconds(model, processor, records: list[dict], world: Path, k: int, m
                   ablation_dialogues=k, progress=False)
     seconds = dict(lab.metrics["eval"]["seconds"])
     t = time.perf_counter()
-    heldout_metrics(model, processor, world, max_new_tokens=max_new_tokens, max_dialogues=min(k, max_heldout))
+    heldout_metrics(model, processor, world, max_new_tokens=max_new_tokens,
+                    max_dialogues=min(k, max_heldout) if max_heldout else k)
     seconds["heldout"] = time.perf_counter() - t
     return seconds
 
@@ -84,12 +85,12 @@ def estimate_eval_seconds(model, processor, records: list[dict], world: Path, ma
     of 234 s). Teacher-forced passes cost the same whatever the weights; the real chat is scaled from
     max_new_tokens generated per answer (an untrained model rarely stops) to the gold answers' length."""
     k1, k2 = (min(k, len(records)) for k in PROBE_DIALOGUES)
-    small = _probe_seconds(model, processor, records, world, k1, max_new_tokens, max_heldout or k1)
-    large = _probe_seconds(model, processor, records, world, k2, max_new_tokens, max_heldout or k2)
+    small = _probe_seconds(model, processor, records, world, k1, max_new_tokens, max_heldout)
+    large = _probe_seconds(model, processor, records, world, k2, max_new_tokens, max_heldout)
     n = len(records)
     splits = [s for s in (heldout_info(world).get("splits") or {}) if (world / f"{s}.jsonl").is_file()]
     sizes = [sum(1 for line in open(world / f"{s}.jsonl", encoding="utf-8") if line.strip()) for s in splits]
-    per_split = max(sizes, default=0) if not max_heldout else min(max(sizes, default=0), max_heldout)
+    per_split = min(max(sizes, default=0), max_heldout) if max_heldout else max(sizes, default=0)
     dialogues = {"gold_history": n, "own_history": min(DEMO_OWN_HISTORY, n), "ranking": min(DEMO_RANKING, n),
                  "heldout": per_split}
     tok = processor.tokenizer

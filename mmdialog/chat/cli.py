@@ -90,7 +90,10 @@ class ChatCLI:
                 raise MMDialogError(f"{kind} file not found: {arg}")
             # absolute, so that /save and /load work from anywhere
             part = {"image": Image, "audio": Audio, "video": Video}[kind](path=str(path.resolve()))
-            part.load() if kind == "image" else part.read_bytes()  # a file that cannot be read fails here, not mid-turn
+            if kind == "image":  # a file that cannot be read fails here, not mid-turn
+                part.load()
+            else:
+                part.read_bytes()
             self.pending.append(part)
             self.say(f"({kind} {arg} attached to your next message)")
         elif name == "/policy":

@@ -10,7 +10,6 @@ below the maximum and scaled) gives what WhisperFeatureExtractor gives, so the W
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -84,16 +84,16 @@ def teacher_forced_rows(scorer: TeacherForcedScorer, context: Context, records: 
     a causal model scores it as the gold history did: its row is copied instead of scored again."""
     seqs: list[Sequence] = [s for rec in records for s in context.sequences(rec, images.get(rec["id"]))]
     by_id = {rec["id"]: rec for rec in records}
-    rows = []
-    if gold:
-        same = [s for s in seqs if s.gold_prefix and all((s.id, r) in gold for _, r in s.scored)]
-        for seq in same:
-            for _, r in seq.scored:
-                g = gold[(seq.id, r)]
-                rows.append(row(by_id[seq.id], r, g["pred"], g["correct"], context.name, logprob=g.get("logprob"),
-                                **(annotate(by_id[seq.id], r) if annotate else {})))
-        skip = {id(s) for s in same}
-        seqs = [s for s in seqs if id(s) not in skip]
+    rows, to_score = [], []
+    for seq in seqs:
+        if not (gold and seq.gold_prefix and all((seq.id, r) in gold for _, r in seq.scored)):
+            to_score.append(seq)
+            continue
+        for _, r in seq.scored:
+            g = gold[(seq.id, r)]
+            rows.append(row(by_id[seq.id], r, g["pred"], g["correct"], context.name, logprob=g.get("logprob"),
+                            **(annotate(by_id[seq.id], r) if annotate else {})))
+    seqs = to_score
     scores = scorer.score(seqs, desc=context.name, progress=progress)
     for seq, res in zip(seqs, scores):
         rec = by_id[seq.id]
