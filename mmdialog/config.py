@@ -156,6 +156,7 @@ class TrainConfig:
     lr: float = 2e-3
     optimizer: str = "muon"  # muon (hidden matrices; AdamW for the rest) | adamw; see train.trainer.make_optimizer
     encoder_lr_scale: float = 0.1  # media encoders train at lr * this (see train.trainer.make_optimizer)
+    embed_lr_scale: float = 1.0  # embedding tables (tokens; positions where learned) train at lr * this
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
@@ -182,6 +183,7 @@ class TrainConfig:
     loss_turns: str = "all"  # all assistant turns | last (the last one only) | weighted (per-message weights from data)
     pack: bool = False  # pack the batch's conversations into as few rows as fit pack_length (attention isolated)
     pack_length: int = 0  # longest packed row; 0: the decoder's max_seq_len
+    group_by_length: int = 0  # >0: batches of similar length, sorted within runs of this many batches (less padding)
     distributed: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimizer state sharded)
     # validation (train/validation.py): the gold-history scorer on held-out records, logged to train_log.jsonl
     eval_file: str = ""  # a LLaVA / ShareGPT / OpenAI file; empty: the world's val split when eval_every is set

@@ -63,5 +63,9 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+    def lengths(self) -> list[int]:
+        """Each conversation's token count (train.group_by_length)."""
+        return [len(e.input_ids) for e in self.examples]
+
     def __getitem__(self, i: int) -> Example:
         return self.examples[i]

@@ -12,6 +12,11 @@ consecutive shards, one per process:
 
 So one process with micro=1 sees exactly the conversations that N processes with accumulation see together
 in a step. The position (epoch, step within it) is the whole state: a resumed run draws the same batches.
+
+With `group` (train.group_by_length) and the conversations' token counts, each run of `group` global
+batches of the permutation is sorted by length before it is cut into batches, and the epoch's batches are
+then shuffled (HF's group_by_length, by megabatch): a batch holds conversations of similar length, so the
+collator pads less, while every conversation is still visited once per epoch in a seeded order.
 """
 
 from __future__ import annotations
@@ -22,13 +27,19 @@ from mmdialog.errors import MMDialogError
 
 
 class StepSampler:
-    def __init__(self, n: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, micro: int = 1):
+    def __init__(self, n: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, micro: int = 1,
+                 lengths=None, group: int = 0):
         if batch_size % (micro * world_size):
             raise MMDialogError(f"train.batch_size={batch_size} must split evenly into train.grad_accum={micro} "
                                 f"micro-batches on each of {world_size} process(es) (a multiple of {micro * world_size})")
         if n < batch_size:
             raise MMDialogError(f"the training set has {n} conversations, fewer than train.batch_size={batch_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        if group and (lengths is None or len(lengths) != n):
+            raise MMDialogError(f"train.group_by_length={group} needs each training conversation's token count; "
+                                f"got {'none' if lengths is None else len(lengths)} for {n} conversations (datasets drawn anew per "
+                                f"step, train.augment and data.lazy, have none: set it to 0)")
+        self.n, self.batch_size, self.seed, self.group = n, batch_size, seed, group
+        self.lengths = None if not group else np.asarray(lengths)
         self.rank, self.world_size, self.micro = rank, world_size, micro
         self.steps_per_epoch = n // batch_size
         self.epoch, self.index = 0, 0  # the next step is step `index` of epoch `epoch`
@@ -36,9 +47,22 @@ class StepSampler:
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._perm_epoch != epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._perm_epoch = epoch
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            if self.group:
+                perm = self._grouped(perm, np.random.default_rng([self.seed, epoch, 1]))
+            self._perm, self._perm_epoch = perm, epoch
         return self._perm
+
+    def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """perm's batches of similar length: runs of `group` batches sorted by length (longest first, ties in
+        perm's order), cut into batches, the epoch's batches shuffled. The remainder that no step visits
+        stays at the end."""
+        b, used = self.batch_size, self.steps_per_epoch * self.batch_size
+        mega = b * self.group
+        runs = [perm[i:i + mega] for i in range(0, used, mega)]
+        ordered = np.concatenate([r[np.argsort(-self.lengths[r], kind="stable")] for r in runs])
+        batches = ordered.reshape(self.steps_per_epoch, b)[rng.permutation(self.steps_per_epoch)]
+        return np.concatenate([batches.reshape(-1), perm[used:]])
 
     def global_batch(self) -> list[int]:
         """The next step's indices over all processes, without advancing."""
@@ -62,12 +86,13 @@ class StepSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "n": self.n, "batch_size": self.batch_size,
-                "seed": self.seed}
+                "seed": self.seed, "group": self.group}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("n", "batch_size", "seed"):
-            if state[key] != getattr(self, key):
-                what = {"n": "training conversations", "batch_size": "train.batch_size", "seed": "train.seed"}[key]
+        for key in ("n", "batch_size", "seed", "group"):
+            if state.get(key, 0) != getattr(self, key):
+                what = {"n": "training conversations", "batch_size": "train.batch_size", "seed": "train.seed",
+                        "group": "train.group_by_length"}[key]
                 raise MMDialogError(f"cannot resume: the checkpoint's data order is for {what} = {state[key]}, "
                                     f"this run has {getattr(self, key)}")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -206,6 +206,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
     if cfg.optimizer not in OPTIMIZERS:
         raise MMDialogError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - muon
     adam_groups, muon_groups = [], []
     for is_encoder in (False, True):
         params = [(n, p) for n, p in model.named_parameters()
@@ -213,8 +214,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
         scale = cfg.encoder_lr_scale if is_encoder else 1.0
         muon_groups.append({"params": [p for _, p in params if id(p) in muon], "weight_decay": cfg.weight_decay,
                             "lr_scale": scale})
-        adam_groups.append({"params": [p for _, p in params if p.dim() >= 2 and id(p) not in muon],
+        adam_groups.append({"params": [p for _, p in params if p.dim() >= 2 and id(p) not in muon | embeddings],
                             "weight_decay": cfg.weight_decay, "lr_scale": scale})
+        adam_groups.append({"params": [p for _, p in params if id(p) in embeddings], "weight_decay": cfg.weight_decay,
+                            "lr_scale": scale * cfg.embed_lr_scale})
         adam_groups.append({"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
     adam_groups = [g for g in adam_groups if g["params"]]
     muon_groups = [g for g in muon_groups if g["params"]]
@@ -385,7 +388,8 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     check_fsdp(tc, precision)
     fsdp = dist.enabled and tc.distributed == "fsdp"
     sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank, world_size=dist.world_size,
-                          micro=tc.grad_accum)
+                          micro=tc.grad_accum, group=tc.group_by_length,
+                          lengths=dataset.lengths() if tc.group_by_length and hasattr(dataset, "lengths") else None)
     collate = collate or Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or
                                  model.decoder.max_seq_len, loss_turns=tc.loss_turns)
     if dist.is_main:

@@ -3,6 +3,7 @@ non-finite losses. The kill -9 test of a real process is tests/integration/test_
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,27 @@ def test_sampler_refuses_uneven_split_and_other_order():
     s = StepSampler(40, 8, seed=0)
     with pytest.raises(MMDialogError, match="train.seed = 0, this run has 1"):
         StepSampler(40, 8, seed=1).load_state_dict(s.state_dict())
+
+
+def test_grouped_sampler_batches_similar_lengths_and_visits_each_conversation_once():
+    lengths = np.random.default_rng(0).integers(100, 250, 400)
+    pad = lambda steps: sum(len(b) * lengths[b].max() for s in steps for b in s) / sum(lengths[b].sum() for s in steps for b in s)  # noqa: E731
+    grouped = drain(StepSampler(400, 16, seed=2, lengths=lengths, group=8), 50)  # 25 steps per epoch
+    plain = drain(StepSampler(400, 16, seed=2), 50)
+    for e in range(2):
+        seen = [i for s in grouped[e * 25:(e + 1) * 25] for mb in s for i in mb]
+        assert len(seen) == len(set(seen)) == 400
+    assert pad(grouped) < 1.08 < 1.3 < pad(plain)  # padded tokens per real token
+    assert grouped[:25] != grouped[25:]  # a new grouping each epoch
+    c = StepSampler(400, 16, seed=2, lengths=lengths, group=8)
+    drain(c, 30)
+    d = StepSampler(400, 16, seed=2, lengths=lengths, group=8)
+    d.load_state_dict(c.state_dict())
+    assert drain(d, 20) == grouped[30:]
+    with pytest.raises(MMDialogError, match="train.group_by_length = 0, this run has 8"):
+        StepSampler(400, 16, seed=2, lengths=lengths, group=8).load_state_dict(StepSampler(400, 16, seed=2).state_dict())
+    with pytest.raises(MMDialogError, match="group_by_length=8 needs each training conversation's token count; got 399"):
+        StepSampler(400, 16, seed=2, lengths=lengths[:399], group=8)
 
 
 def params(model):
@@ -119,3 +141,15 @@ def test_resume_with_augmentation_is_bitwise(tiny_world, tmp_path, kinds, report
     assert res.resumed_from == 4
     a, b = params(model), params(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_group_by_length_trains_on_less_padding_and_resumes(tiny_world, tmp_path):
+    cfg = smoke_config("train.max_steps=6", "train.save_every=3", "train.group_by_length=4")
+    model, _, dataset, res = run(cfg, tiny_world, tmp_path / "a")
+    assert res.steps == 6 and torch.isfinite(torch.tensor(res.final_loss))
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000003", tmp_path / "b" / "checkpoints" / "step-00000003")
+    resumed, *_ = run(cfg, tiny_world, tmp_path / "b", resume=True)
+    assert all(torch.equal(v, params(resumed)[k]) for k, v in params(model).items())
+    with pytest.raises(MMDialogError, match="train.group_by_length"):  # the data order differs: no resume
+        run(smoke_config("train.max_steps=8", "train.save_every=3"), tiny_world, tmp_path / "b", resume=True)

@@ -63,6 +63,10 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny):
     enc = {id(p) for p in model.encoders.parameters()}
     assert all(g["lr_scale"] == (0.1 if id(g["params"][0]) in enc else 1.0) for g in opt.param_groups)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    emb = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, embed_lr_scale=10.0))
+    tok = id(model.decoder.tok_embeddings.weight)
+    assert [g["lr_scale"] for g in emb.param_groups if tok in map(id, g["params"])] == [10.0]
+    assert [g["lr_scale"] for g in emb.param_groups] != [g["lr_scale"] for g in opt.param_groups]
     # one step, then the state survives a round trip (resume)
     model.zero_grad()
     for p in model.parameters():
