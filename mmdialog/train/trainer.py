@@ -369,242 +369,305 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     NextTokenObjective, and has batch_weight(batch), a micro-batch's weight known before the forward pass;
     a dict attribute `last_terms` (floats) is added to each train_log.jsonl record. Its own parameters must
     be reachable from `model` (to be optimised and saved). Default: next-token loss on assistant replies."""
-    tc = cfg.train
-    dist = dist or Dist()
-    out_dir = Path(out_dir)
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if tc.on_nan not in ("stop", "skip"):
-        raise MMDialogError(f"train.on_nan must be stop or skip, got {tc.on_nan!r}")
-    if tc.grad_accum < 1:
-        raise MMDialogError(f"train.grad_accum must be at least 1, got {tc.grad_accum}")
-    device = resolve_device(tc.device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    precision = resolve_precision(tc.precision, device.type)  # once: it reads /proc/cpuinfo
-    # auto on a CPU with native bf16: time both on the first batch and keep the faster (one process only:
-    # processes that chose differently would not match)
-    time_auto = tc.precision == "auto" and device.type == "cpu" and precision == "bf16" and not dist.enabled
-    check_fsdp(tc, precision)
-    fsdp = dist.enabled and tc.distributed == "fsdp"
-    sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank, world_size=dist.world_size,
-                          micro=tc.grad_accum, group=tc.group_by_length,
-                          lengths=dataset.lengths() if tc.group_by_length and hasattr(dataset, "lengths") else None)
-    collate = collate or Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or
-                                 model.decoder.max_seq_len, loss_turns=tc.loss_turns)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    plan = build_plan(model, tc)  # LoRA adapters are injected here
-    if tc.grad_checkpointing:
-        enable_gradient_checkpointing(model)
-    model.to(device)
-    objective = objective if objective is not None else NextTokenObjective(model)
-    template = None  # fsdp: process 0 gathers the full weights into this unsharded copy to save them
-    if fsdp:
-        plan.apply(model, 0)  # one stage (staged is refused): requires_grad is set before sharding
-        template = meta_copy(model) if dist.is_main else None
-        shard_fsdp(objective, model, dist, device)
-    opt = make_optimizer(model, tc, names=plan.all_trainable)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    schedule = Schedule(plan, tc)
-    ckpt_root = out_dir / "checkpoints"
-    ckpt_meta = {**(meta or {}), "adapters": plan.adapters, "strategy": tc.strategy}
-    tokens, ema, losses, skipped_batches, resumed_from = 0, None, [], 0, 0
-
+    run = _Run(cfg, model, tokenizer, dataset, Path(out_dir), log=log, meta=meta, dist=dist or Dist(),
+               objective=objective, collate=collate)
     if resume:
-        latest = latest_training_checkpoint(ckpt_root)
+        run.resume()
+    run.start(progress)
+    with _Stop() as stop:
+        while run.schedule.step < run.plan.total_steps and run.schedule.progress() < 1.0:
+            if not run.step(stop):
+                break
+    return run.finish()
+
+
+@dataclass
+class _Step:
+    """One optimizer step's figures, gathered over the processes."""
+    loss: float
+    grad_norm: float
+    tokens: int
+    stop_requested: bool
+
+
+class _Run:
+    """train()'s state and its parts: set up (the optimizer, schedule and sampler over the model, resumed
+    or fresh), one optimizer step, the logs and checkpoints, and the final model."""
+
+    def __init__(self, cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
+                 log, meta: dict | None, dist: Dist, objective: torch.nn.Module | None, collate):
+        tc = self.tc = cfg.train
+        self.cfg, self.model, self.tokenizer, self.dataset, self.out_dir = cfg, model, tokenizer, dataset, out_dir
+        self.log, self.dist = log, dist
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        if tc.on_nan not in ("stop", "skip"):
+            raise MMDialogError(f"train.on_nan must be stop or skip, got {tc.on_nan!r}")
+        if tc.grad_accum < 1:
+            raise MMDialogError(f"train.grad_accum must be at least 1, got {tc.grad_accum}")
+        device = resolve_device(tc.device)
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        self.device = device
+        self.precision = resolve_precision(tc.precision, device.type)  # once: it reads /proc/cpuinfo
+        # auto on a CPU with native bf16: time both on the first batch and keep the faster (one process only:
+        # processes that chose differently would not match)
+        self.time_auto = (tc.precision == "auto" and device.type == "cpu" and self.precision == "bf16"
+                          and not dist.enabled)
+        check_fsdp(tc, self.precision)
+        self.fsdp = fsdp = dist.enabled and tc.distributed == "fsdp"
+        self.sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank,
+                                   world_size=dist.world_size, micro=tc.grad_accum, group=tc.group_by_length,
+                                   lengths=dataset.lengths() if tc.group_by_length and hasattr(dataset, "lengths")
+                                   else None)
+        self.collate = collate or Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or
+                                           model.decoder.max_seq_len, loss_turns=tc.loss_turns)
+        if dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        self.plan = plan = build_plan(model, tc)  # LoRA adapters are injected here
+        if tc.grad_checkpointing:
+            enable_gradient_checkpointing(model)
+        model.to(device)
+        self.objective = objective if objective is not None else NextTokenObjective(model)
+        self.template = None  # fsdp: process 0 gathers the full weights into this unsharded copy to save them
+        if fsdp:
+            plan.apply(model, 0)  # one stage (staged is refused): requires_grad is set before sharding
+            self.template = meta_copy(model) if dist.is_main else None
+            shard_fsdp(self.objective, model, dist, device)
+        self.opt = make_optimizer(model, tc, names=plan.all_trainable)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.schedule = Schedule(plan, tc)
+        self.ckpt_root = out_dir / "checkpoints"
+        self.ckpt_meta = {**(meta or {}), "adapters": plan.adapters, "strategy": tc.strategy}
+        self.world = (meta or {}).get("world")
+        self.tokens, self.ema, self.losses, self.skipped_batches, self.resumed_from = 0, None, [], 0, 0
+        self.ddp, self.stage, self.stopped, self.consecutive_skips = None, None, "", 0
+        self.validation: list[dict] = []
+
+    def resume(self) -> None:
+        latest = latest_training_checkpoint(self.ckpt_root)
         if latest is None:
-            log(f"resume: no checkpoint in {ckpt_root}; starting from step 0")
-        else:
-            resumed_from = _load_resume(latest, model, opt, scaler, schedule, sampler, dataset, dist,
-                                        objective if fsdp else None)
-            st = load_training_state(latest)
-            tokens, ema, losses = st["tokens"], st["ema"], [tuple(x) for x in st["losses"]]
-            skipped_batches = st["skipped_batches"]
-            log(f"resumed from {latest} (step {resumed_from})")
+            self.log(f"resume: no checkpoint in {self.ckpt_root}; starting from step 0")
+            return
+        self.resumed_from = _load_resume(latest, self.model, self.opt, self.scaler, self.schedule, self.sampler,
+                                         self.dataset, self.dist, self.objective if self.fsdp else None)
+        st = load_training_state(latest)
+        self.tokens, self.ema, self.losses = st["tokens"], st["ema"], [tuple(x) for x in st["losses"]]
+        self.skipped_batches = st["skipped_batches"]
+        self.log(f"resumed from {latest} (step {self.resumed_from})")
 
-    n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in plan.all_trainable)
-    log(f"model: {count_parameters(model):,} parameters ({n_trainable:,} trained, strategy {tc.strategy}); "
-        f"data: {dataset.report() if hasattr(dataset, 'report') else len(dataset)}; precision: "
-        f"{'bf16 or fp32, timed on the first batch' if time_auto else precision} "
-        f"(train.precision={tc.precision}); device: {device}"
-        + (f"; {dist.world_size} processes ({tc.distributed})" if dist.enabled else ""))
+    def start(self, progress: bool) -> None:
+        """Log what trains on what, open the JSONL log and the progress bar, build the validator."""
+        from mmdialog.train.validation import Validator
 
-    batch_weight = getattr(objective, "batch_weight", None) or (
-        lambda b: target_weights(b["labels"], b.get("loss_weights")).sum())
-    ddp, stage = None, None
-    log_file = _open_log(out_dir / "train_log.jsonl", resumed_from) if dist.is_main else None
-    t0 = time.perf_counter() - schedule.elapsed
-    bar = tqdm(total=None if schedule.budget > 0 else plan.total_steps, initial=schedule.step, desc="train",
-               unit="step", disable=not progress or not dist.is_main, dynamic_ncols=True)
-    stopped, consecutive_skips = "", 0
-    from mmdialog.train.validation import Validator
+        model, tc, dist = self.model, self.tc, self.dist
+        n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in self.plan.all_trainable)
+        data = self.dataset.report() if hasattr(self.dataset, "report") else len(self.dataset)
+        self.log(f"model: {count_parameters(model):,} parameters ({n_trainable:,} trained, strategy {tc.strategy}); "
+                 f"data: {data}; precision: "
+                 f"{'bf16 or fp32, timed on the first batch' if self.time_auto else self.precision} "
+                 f"(train.precision={tc.precision}); device: {self.device}"
+                 + (f"; {dist.world_size} processes ({tc.distributed})" if dist.enabled else ""))
+        self.batch_weight = getattr(self.objective, "batch_weight", None) or (
+            lambda b: target_weights(b["labels"], b.get("loss_weights")).sum())
+        self.log_file = _open_log(self.out_dir / "train_log.jsonl", self.resumed_from) if dist.is_main else None
+        self.t0 = time.perf_counter() - self.schedule.elapsed
+        self.bar = tqdm(total=None if self.schedule.budget > 0 else self.plan.total_steps, initial=self.schedule.step,
+                        desc="train", unit="step", disable=not progress or not dist.is_main, dynamic_ncols=True)
+        self.validator = Validator.build(self.cfg, model, self.tokenizer, world=self.world,
+                                         log=self.log if dist.is_main else None)
 
-    validator = Validator.build(cfg, model, tokenizer, world=(meta or {}).get("world"), log=log if dist.is_main else None)
-    validation: list[dict] = []
+    def _enter_stage(self, s: int) -> None:
+        """Which parameters train changed: DDP must be rebuilt over the new set."""
+        model, plan, dist = self.model, self.plan, self.dist
+        if not self.fsdp:
+            plan.apply(model, s)
+        self.stage = s
+        if dist.enabled and not self.fsdp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def validate() -> None:
+            # a modality absent from a batch leaves its encoder without gradients
+            self.ddp = DDP(self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           find_unused_parameters=len(model.encoders) > 1)
+        if len(plan.stages) > 1 and dist.is_main:
+            self.log(f"stage {s + 1}/{len(plan.stages)} from step {self.schedule.step}: "
+                     f"{len(plan.stages[s].trainable)} parameter tensors train at lr {plan.stages[s].lr:g}")
+
+    def _choose_precision(self, batch: dict) -> None:
+        times, self.time_auto = time_precisions(self.objective, batch), False
+        self.precision = "bf16" if times["bf16"] < 0.95 * times["fp32"] else "fp32"
+        self.log(f"precision auto: one forward + backward takes {times['bf16'] * 1000:.0f} ms in bf16, "
+                 f"{times['fp32'] * 1000:.0f} ms in fp32 on this CPU: training in {self.precision}")
+
+    def _backward(self, batches: list[dict], stop) -> _Step:
+        """Forward and backward over the step's micro-batches (the gradient of the whole batch's mean loss),
+        then the loss, gradient norm, tokens and stop request gathered over the processes."""
+        dist, device, ddp = self.dist, self.device, self.ddp
+        weight = dist.all_reduce(torch.stack([self.batch_weight(b) for b in batches]).sum().double().reshape(1))
+        norm = float(weight) / dist.world_size  # backward of sum / norm: DDP's mean over processes sums them
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, b in enumerate(batches):
+            sync = ddp is None or i == len(batches) - 1
+            if self.fsdp:  # reduce-scatter the gradients on the last micro-batch only
+                self.objective.set_requires_gradient_sync(i == len(batches) - 1)
+            with (nullcontext() if sync else ddp.no_sync()), autocast_context(self.precision, device.type):
+                part, _ = (ddp or self.objective)(b)
+            self.scaler.scale(part / max(norm, 1e-12)).backward()
+            loss_sum += part.detach().double()
+        step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        stats = dist.all_reduce(torch.stack([loss_sum, torch.tensor(float(stop.requested), dtype=torch.float64,
+                                                                    device=device),
+                                             torch.tensor(float(step_tokens), dtype=torch.float64, device=device)]))
+        self.scaler.unscale_(self.opt)
+        gnorm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip))
+        return _Step(float(stats[0]) / max(float(weight), 1e-12), float(gnorm), int(stats[2]), float(stats[1]) > 0)
+
+    def step(self, stop) -> bool:
+        """One optimizer step (or a skipped non-finite batch); False when the run must stop here."""
+        s, _ = self.plan.stage_at(self.schedule.step)
+        if s != self.stage:
+            self._enter_stage(s)
+        lr = self.schedule.lr()
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        if hasattr(self.dataset, "set_epoch"):  # augmentation drawn anew each epoch, reproducibly
+            self.dataset.set_epoch(self.sampler.epoch)
+        indices = self.sampler.next()
+        batches = [_to(self.collate([self.dataset[i] for i in mb]), self.device) for mb in indices]
+        if self.time_auto:
+            self._choose_precision(batches[0])
+        st = self._backward(batches, stop)
+        # With fp16 an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
+        if not math.isfinite(st.loss) or (not self.scaler.is_enabled() and not math.isfinite(st.grad_norm)):
+            return self._skip(st, indices, lr)
+        self.consecutive_skips = 0
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.schedule.step += 1
+        self.schedule.elapsed = time.perf_counter() - self.t0
+        self.tokens += st.tokens
+        self.ema = st.loss if self.ema is None else 0.9 * self.ema + 0.1 * st.loss
+        self._report(st, lr)
+        if st.stop_requested:
+            self.stopped = "SIGTERM"
+            self.save_resumable()
+            return False
+        if self.tc.save_every and self.schedule.step % self.tc.save_every == 0:
+            self.save_resumable()
+        return True
+
+    def _skip(self, st: _Step, indices, lr: float) -> bool:
+        """A non-finite loss or gradient: the weights stay as they were; stop (train.on_nan=stop, or too many
+        in a row) or count the batch as skipped."""
+        where = (f"step {self.schedule.step + 1}: loss {st.loss}, gradient norm {st.grad_norm} on batch "
+                 f"[{_batch_ids(self.dataset, indices)}] (lr {lr:.2e})")
+        self.opt.zero_grad(set_to_none=True)
+        self.consecutive_skips += 1
+        if self.tc.on_nan == "stop" or self.consecutive_skips > MAX_CONSECUTIVE_SKIPS:
+            self.bar.close()
+            if self.log_file:
+                self.log_file.close()
+            raise MMDialogError(f"non-finite loss or gradient at {where}; the weights were not updated. "
+                                + ("Lower train.lr, or set train.on_nan=skip to skip such batches"
+                                   if self.tc.on_nan == "stop" else f"{self.consecutive_skips} batches in a row"))
+        self.skipped_batches += 1
+        self.log(f"skipped a non-finite batch at {where}")
+        if st.stop_requested:
+            self.stopped = "SIGTERM"
+            self.save_resumable()
+            return False
+        return True
+
+    def _report(self, st: _Step, lr: float) -> None:
+        """The JSONL log every log_every steps, the progress bar, and validation every eval_every steps."""
+        step, elapsed, tc = self.schedule.step, self.schedule.elapsed, self.tc
+        if (step % tc.log_every == 0 or step == 1) and self.dist.is_main:
+            rec = {"step": step, "loss": st.loss, "loss_ema": self.ema, "lr": lr, "grad_norm": st.grad_norm,
+                   "tokens": self.tokens, "elapsed": elapsed, "tokens_per_second": self.tokens / elapsed,
+                   **getattr(self.objective, "last_terms", {})}
+            self.log_file.write(json.dumps(rec) + "\n")
+            self.log_file.flush()
+            self.losses.append((step, st.loss))
+        self.bar.update(1)
+        postfix = {"loss": f"{self.ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{self.tokens / elapsed:.0f}"}
+        if self.schedule.budget > 0:
+            postfix["left"] = f"{max(self.schedule.budget - elapsed, 0):.0f}s"
+        if self.validator is not None and tc.eval_every and step % tc.eval_every == 0:
+            self.validate()
+        if self.validation:
+            postfix["val"] = f"{self.validation[-1]['val_accuracy']:.3f}"
+        self.bar.set_postfix(postfix)
+
+    def validate(self) -> None:
         """The gold-history scorer on the held-out records: into the JSONL log, the bar and the result. Every
         process runs it (an FSDP model needs them all for a forward pass); process 0 writes it."""
-        v = {"step": schedule.step, **validator(model)}
-        validation.append(v)
-        if log_file:
-            log_file.write(json.dumps(v) + "\n")
-            log_file.flush()
+        v = {"step": self.schedule.step, **self.validator(self.model)}
+        self.validation.append(v)
+        if self.log_file:
+            self.log_file.write(json.dumps(v) + "\n")
+            self.log_file.flush()
 
-    def saveable():
+    def saveable(self):
         """The model to save: itself, or under fsdp (on process 0) the template holding the gathered weights.
         A collective under fsdp."""
-        if not fsdp:
-            return model
-        full = full_state_dict(model, dist)
-        return materialize(template, full) if dist.is_main else None
+        if not self.fsdp:
+            return self.model
+        full = full_state_dict(self.model, self.dist)
+        return materialize(self.template, full) if self.dist.is_main else None
 
-    def state() -> dict:
-        return {"optimizer": full_optimizer_state(objective, opt) if fsdp else opt.state_dict(),
-                "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
-                "sampler": sampler.state_dict(), "dataset": getattr(dataset, "state_dict", lambda: None)(),
-                "rng": dist.gather(rng_state()), "tokens": tokens, "ema": ema, "losses": losses,
-                "skipped_batches": skipped_batches, "world_size": dist.world_size,
-                "distributed": "fsdp" if fsdp else "ddp"}
+    def state(self) -> dict:
+        return {"optimizer": full_optimizer_state(self.objective, self.opt) if self.fsdp else self.opt.state_dict(),
+                "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "sampler": self.sampler.state_dict(), "dataset": getattr(self.dataset, "state_dict", lambda: None)(),
+                "rng": self.dist.gather(rng_state()), "tokens": self.tokens, "ema": self.ema, "losses": self.losses,
+                "skipped_batches": self.skipped_batches, "world_size": self.dist.world_size,
+                "distributed": "fsdp" if self.fsdp else "ddp"}
 
-    def save_resumable() -> None:
-        st, m = state(), saveable()  # collectives: every process takes part
+    def save_resumable(self) -> None:
+        st, m = self.state(), self.saveable()  # collectives: every process takes part
+        if self.dist.is_main:
+            save_training_checkpoint(self.ckpt_root, self.schedule.step, m, self.tokenizer, self.cfg,
+                                     {**self.ckpt_meta, "tokens": self.tokens}, st, self.tc.keep_last)
+        self.dist.barrier()
+
+    def finish(self) -> TrainResult:
+        """The last validation, the final resumable state, and OUT/checkpoint (LoRA merged, adapters beside)."""
+        schedule, model, dist, tc, stopped = self.schedule, self.model, self.dist, self.tc, self.stopped
+        if self.validator is not None and not stopped and (not self.validation
+                                                           or self.validation[-1]["step"] != schedule.step):
+            self.validate()  # the end of the run
+        if self.validation and dist.is_main:
+            v = self.validation[-1]
+            self.log(f"validation at step {v['step']}: accuracy {v['val_accuracy']:.3f} over {v['val_turns']} turns, "
+                     f"loss {v['val_loss']:.4f} ({self.validator.source})")
+        self.bar.close()
+        if self.log_file:
+            self.log_file.close()
+        wall = schedule.elapsed
+        if stopped:
+            self.log(f"stopped by {stopped} after step {schedule.step}; checkpoint in {self.ckpt_root}; "
+                     f"continue with --resume")
+        elif tc.save_every and schedule.step % tc.save_every and schedule.step > self.resumed_from:
+            self.save_resumable()  # the final state, so that --resume of a finished run has nothing left to do
+        sync = _check_in_sync(model, dist, self.fsdp)
+        final = self.saveable()
+        model.eval()
+        adapters = None
+        if self.plan.adapters == "lora" and not stopped:
+            adapters = lora_state(model)  # kept beside the merged weights: `mmdialog export` writes them for peft
+            merge_lora(model)  # deployment: plain weights, the names and shapes of the model without adapters
         if dist.is_main:
-            save_training_checkpoint(ckpt_root, schedule.step, m, tokenizer, cfg,
-                                     {**ckpt_meta, "tokens": tokens}, st, tc.keep_last)
+            final_meta = {**self.ckpt_meta, "adapters": self.plan.adapters if stopped else None,
+                          "step": schedule.step, "tokens": self.tokens, **sync}
+            save_checkpoint(self.out_dir / "checkpoint", final, self.tokenizer, self.cfg, final_meta,
+                            extra=None if adapters is None else
+                            lambda tmp: save_adapters(tmp / ADAPTERS, adapters, tc.lora))
         dist.barrier()
-
-    with _Stop() as stop:
-        while schedule.step < plan.total_steps and schedule.progress() < 1.0:
-            s, _ = plan.stage_at(schedule.step)
-            if s != stage:  # which parameters train changed: DDP must be rebuilt over the new set
-                if not fsdp:
-                    plan.apply(model, s)
-                stage = s
-                if dist.enabled and not fsdp:
-                    from torch.nn.parallel import DistributedDataParallel as DDP
-
-                    # a modality absent from a batch leaves its encoder without gradients
-                    ddp = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                              find_unused_parameters=len(model.encoders) > 1)
-                if len(plan.stages) > 1 and dist.is_main:
-                    log(f"stage {s + 1}/{len(plan.stages)} from step {schedule.step}: "
-                        f"{len(plan.stages[s].trainable)} parameter tensors train at lr {plan.stages[s].lr:g}")
-            lr = schedule.lr()
-            for group in opt.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            if hasattr(dataset, "set_epoch"):  # augmentation drawn anew each epoch, reproducibly
-                dataset.set_epoch(sampler.epoch)
-            indices = sampler.next()
-            batches = [_to(collate([dataset[i] for i in mb]), device) for mb in indices]
-            if time_auto:
-                times, time_auto = time_precisions(objective, batches[0]), False
-                precision = "bf16" if times["bf16"] < 0.95 * times["fp32"] else "fp32"
-                log(f"precision auto: one forward + backward takes {times['bf16'] * 1000:.0f} ms in bf16, "
-                    f"{times['fp32'] * 1000:.0f} ms in fp32 on this CPU: training in {precision}")
-            weight = dist.all_reduce(torch.stack([batch_weight(b) for b in batches]).sum().double().reshape(1))
-            norm = float(weight) / dist.world_size  # backward of sum / norm: DDP's mean over processes sums them
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for i, b in enumerate(batches):
-                sync = ddp is None or i == len(batches) - 1
-                if fsdp:  # reduce-scatter the gradients on the last micro-batch only
-                    objective.set_requires_gradient_sync(i == len(batches) - 1)
-                with (nullcontext() if sync else ddp.no_sync()), autocast_context(precision, device.type):
-                    part, _ = (ddp or objective)(b)
-                scaler.scale(part / max(norm, 1e-12)).backward()
-                loss_sum += part.detach().double()
-            step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-            stats = dist.all_reduce(torch.stack([loss_sum, torch.tensor(float(stop.requested), dtype=torch.float64,
-                                                                        device=device),
-                                                 torch.tensor(float(step_tokens), dtype=torch.float64, device=device)]))
-            loss = float(stats[0]) / max(float(weight), 1e-12)
-            stop_now = float(stats[1]) > 0
-            scaler.unscale_(opt)
-            gnorm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            # With fp16 an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
-            bad = not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(float(gnorm)))
-            if bad:
-                where = (f"step {schedule.step + 1}: loss {loss}, gradient norm {float(gnorm)} on batch "
-                         f"[{_batch_ids(dataset, indices)}] (lr {lr:.2e})")
-                opt.zero_grad(set_to_none=True)
-                consecutive_skips += 1
-                if tc.on_nan == "stop" or consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-                    bar.close()
-                    if log_file:
-                        log_file.close()
-                    raise MMDialogError(f"non-finite loss or gradient at {where}; the weights were not updated. "
-                                        + ("Lower train.lr, or set train.on_nan=skip to skip such batches"
-                                           if tc.on_nan == "stop" else f"{consecutive_skips} batches in a row"))
-                skipped_batches += 1
-                log(f"skipped a non-finite batch at {where}")
-                if stop_now:
-                    stopped = "SIGTERM"
-                    save_resumable()
-                    break
-                continue
-            consecutive_skips = 0
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            schedule.step += 1
-            schedule.elapsed = time.perf_counter() - t0
-            tokens += int(stats[2])
-            ema = loss if ema is None else 0.9 * ema + 0.1 * loss
-            step = schedule.step
-            if (step % tc.log_every == 0 or step == 1) and dist.is_main:
-                rec = {"step": step, "loss": loss, "loss_ema": ema, "lr": lr, "grad_norm": float(gnorm),
-                       "tokens": tokens, "elapsed": schedule.elapsed, "tokens_per_second": tokens / schedule.elapsed,
-                       **getattr(objective, "last_terms", {})}
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-                losses.append((step, loss))
-            bar.update(1)
-            postfix = {"loss": f"{ema:.3f}", "lr": f"{lr:.1e}", "tok/s": f"{tokens / schedule.elapsed:.0f}"}
-            if schedule.budget > 0:
-                postfix["left"] = f"{max(schedule.budget - schedule.elapsed, 0):.0f}s"
-            if validator is not None and tc.eval_every and step % tc.eval_every == 0:
-                validate()
-            if validation:
-                postfix["val"] = f"{validation[-1]['val_accuracy']:.3f}"
-            bar.set_postfix(postfix)
-            if stop_now:
-                stopped = "SIGTERM"
-                save_resumable()
-                break
-            if tc.save_every and step % tc.save_every == 0:
-                save_resumable()
-    if validator is not None and not stopped and (not validation or validation[-1]["step"] != schedule.step):
-        validate()  # the end of the run
-    if validation and dist.is_main:
-        v = validation[-1]
-        log(f"validation at step {v['step']}: accuracy {v['val_accuracy']:.3f} over {v['val_turns']} turns, "
-            f"loss {v['val_loss']:.4f} ({validator.source})")
-    bar.close()
-    if log_file:
-        log_file.close()
-    wall = schedule.elapsed
-    if stopped:
-        log(f"stopped by {stopped} after step {schedule.step}; checkpoint in {ckpt_root}; continue with --resume")
-    elif tc.save_every and schedule.step % tc.save_every and schedule.step > resumed_from:
-        save_resumable()  # the final state, so that --resume of a finished run has nothing left to do
-    sync = _check_in_sync(model, dist, fsdp)
-    final = saveable()
-    model.eval()
-    adapters = None
-    if plan.adapters == "lora" and not stopped:
-        adapters = lora_state(model)  # kept beside the merged weights: `mmdialog export` writes them for peft
-        merge_lora(model)  # deployment: plain weights, the names and shapes of the model without adapters
-    if dist.is_main:
-        final_meta = {**ckpt_meta, "adapters": plan.adapters if stopped else None, "step": schedule.step,
-                      "tokens": tokens, **sync}
-        save_checkpoint(out_dir / "checkpoint", final, tokenizer, cfg, final_meta,
-                        extra=None if adapters is None else lambda tmp: save_adapters(tmp / ADAPTERS, adapters, tc.lora))
-    dist.barrier()
-    return TrainResult(schedule.step, wall, tokens, tokens / max(wall, 1e-9), ema if ema is not None else float("nan"),
-                       losses, len(getattr(dataset, "skipped", [])), stopped, resumed_from, skipped_batches, precision,
-                       validation)
+        return TrainResult(schedule.step, wall, self.tokens, self.tokens / max(wall, 1e-9),
+                           self.ema if self.ema is not None else float("nan"), self.losses,
+                           len(getattr(self.dataset, "skipped", [])), stopped, self.resumed_from,
+                           self.skipped_batches, self.precision, self.validation)
 
 
 def _check_in_sync(model, dist: Dist, fsdp: bool = False) -> dict:
