@@ -36,8 +36,8 @@ class StepSampler:
             raise MMDialogError(f"the training set has {n} conversations, fewer than train.batch_size={batch_size}")
         if group and (lengths is None or len(lengths) != n):
             raise MMDialogError(f"train.group_by_length={group} needs each training conversation's token count; "
-                                f"got {'none' if lengths is None else len(lengths)} for {n} conversations (datasets drawn anew per "
-                                f"step, train.augment and data.lazy, have none: set it to 0)")
+                                f"got {'none' if lengths is None else len(lengths)} for {n} conversations (datasets "
+                                f"drawn anew per step, train.augment and data.lazy, have none: set it to 0)")
         self.n, self.batch_size, self.seed, self.group = n, batch_size, seed, group
         self.lengths = None if not group else np.asarray(lengths)
         self.rank, self.world_size, self.micro = rank, world_size, micro
@@ -93,6 +93,6 @@ class StepSampler:
             if state.get(key, 0) != getattr(self, key):
                 what = {"n": "training conversations", "batch_size": "train.batch_size", "seed": "train.seed",
                         "group": "train.group_by_length"}[key]
-                raise MMDialogError(f"cannot resume: the checkpoint's data order is for {what} = {state[key]}, "
+                raise MMDialogError(f"cannot resume: the checkpoint's data order is for {what} = {state.get(key, 0)}, "
                                     f"this run has {getattr(self, key)}")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -206,7 +206,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, names: set[str] | N
     if cfg.optimizer not in OPTIMIZERS:
         raise MMDialogError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - muon
+    # a group of their own only at another lr: at 1 the groups (and a resumed run's optimizer state) are as before
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - muon \
+        if cfg.embed_lr_scale != 1.0 else set()
     adam_groups, muon_groups = [], []
     for is_encoder in (False, True):
         params = [(n, p) for n, p in model.named_parameters()
