@@ -13,12 +13,13 @@ from mmdialog.config import Config
 from mmdialog.data.answers import normalise
 from mmdialog.data.conversation import Image
 from mmdialog.data.worlds.shapes import generate_world, heldout_info, load_split
+from mmdialog.data.worlds.shapes.as_said import golds_as_said
 from mmdialog.eval.lab import run_lab
 from mmdialog.eval.plots import plot_run
 from mmdialog.eval.report import build_report
 from mmdialog.eval.run import heldout_metrics, write_outputs
 from mmdialog.explain import explain_dialogue
-from mmdialog.export import world_meta
+from mmdialog.modelio import world_meta
 from mmdialog.model import count_parameters
 from mmdialog.train.trainer import prepare, train
 
@@ -50,12 +51,13 @@ def write_transcript(session: ChatSession, record: dict, world: Path, path: Path
     lines = [f"# Transcript: {record['id']}", "", f"Image: `{image}`", "", f"![scene]({image})", "",
              "The model sees its own earlier answers (not the gold ones).", "",
              "| round | user | model | gold | ok | needs history |", "|---|---|---|---|---|---|"]
-    for rd in record["rounds"]:
-        parts = [Image(path=str(image)), rd["question"]] if rd["round"] == 0 else [rd["question"]]
-        reply = session.ask(*parts)
-        ok = normalise(reply) == normalise(rd["answer"])
+    replies = [session.ask(*([Image(path=str(image)), rd["question"]] if rd["round"] == 0 else [rd["question"]]))
+               for rd in record["rounds"]]
+    for rd, reply, gold in zip(record["rounds"], replies, golds_as_said(record, replies)):
+        ok = normalise(reply) == normalise(gold)
         dist = f"{rd['distance']} ({rd['ref']})" if rd["distance"] else "no"
-        lines.append(f"| {rd['round']} | {rd['question']} | {reply} | {rd['answer']} | {'yes' if ok else 'NO'} | {dist} |")
+        shown = gold if gold == rd["answer"] else f"{gold} (about the object the model named; scripted: {rd['answer']})"
+        lines.append(f"| {rd['round']} | {rd['question']} | {reply} | {shown} | {'yes' if ok else 'NO'} | {dist} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -30,6 +30,7 @@ from mmdialog.chat.session import ChatSession
 from mmdialog.data.conversation import Image
 from mmdialog.data.processor import Processor
 from mmdialog.data.answers import normalise
+from mmdialog.data.worlds.shapes.as_said import golds_as_said
 from mmdialog.errors import MMDialogError
 from mmdialog.eval import batched_chat
 from mmdialog.eval.contexts import ABLATIONS, Context, Sequence, record_image, user_parts
@@ -65,6 +66,16 @@ def verdict(pred: str, gold: str, match: str | None) -> dict:
     if match is None:
         return {"correct": normalise(pred) == normalise(gold)}
     return {"correct": matches(pred, gold, match), "f1": round(token_f1(pred, gold), 4)}
+
+
+def scripted_verdicts(own_rows: list[dict], gold_same: dict) -> dict:
+    """The own history judged on the world's scripted answers throughout (the caption's object as the world
+    picked it), beside the verdicts on the conversation as it happened: how many rows that re-judging changed."""
+    scripted = summarise([{**r, "correct": r.get("correct_scripted", r["correct"])} for r in own_rows])
+    overall, gold = scripted["accuracy"]["overall"], gold_same["accuracy"]["overall"]
+    return {"overall": overall, "gap": None if overall is None or gold is None else round(gold - overall, 4),
+            "rejudged": sum("gold_scripted" in r for r in own_rows),
+            "rejudged_correct": sum(bool(r["correct"]) for r in own_rows if "gold_scripted" in r)}
 
 
 def _start(session: ChatSession, record: dict) -> None:
@@ -112,7 +123,12 @@ def own_history_rows(model: MultimodalLM, processor: Processor, records: list[di
     (under a context policy when given, as `mmdialog chat --policy` would). With `failed`, a dialogue the
     session refuses (the model's own replies made it longer than the context) is listed there and left out.
     batched: many dialogues in lockstep (batched_chat.py, the same replies) where the model allows it and
-    no policy is given; else one ChatSession per dialogue."""
+    no policy is given; else one ChatSession per dialogue.
+
+    A world record's follow-ups are judged on the conversation as it happened (data/worlds/shapes/as_said.py):
+    where the model's caption named another object than the scripted one and a later question refers back to
+    it, the right answer is about the object the model named; such a row keeps the world's answer as
+    `gold_scripted` and its verdict as `correct_scripted`."""
     replies = None
     if batched and policy is None and batched_chat.supported(model):
         try:
@@ -133,9 +149,13 @@ def own_history_rows(model: MultimodalLM, processor: Processor, records: list[di
             else:
                 _start(session, rec)
                 got = [session.ask(*user_parts(rec, rd["round"], image)) for rd in rec["rounds"]]
-            for rd, reply in zip(rec["rounds"], got):
+            golds = golds_as_said(rec, got)
+            for rd, reply, gold in zip(rec["rounds"], got, golds):
                 if rd.get("scored", True):
-                    v = verdict(reply, rd["answer"], match)
+                    v = verdict(reply, gold, match)
+                    if gold != rd["answer"]:  # a follow-up about the object the model's own caption named
+                        v.update(gold=gold, gold_scripted=rd["answer"],
+                                 correct_scripted=verdict(reply, rd["answer"], match)["correct"])
                     out.append(row(rec, rd["round"], reply, v.pop("correct"), mode, **v))
         except MMDialogError as e:
             if failed is None:
@@ -305,6 +325,7 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
             metrics["modes"]["own_history"] = own
             metrics["modes"]["gold_history_same_dialogues"] = gold_same
             gap = {**difference(gold_same, own), **gap}
+            metrics["own_history_scripted"] = scripted_verdicts(preds["own_history"], gold_same)
         metrics["gap"] = {"dialogues": len(ids), **gap}
 
     metrics["ablations"] = {}

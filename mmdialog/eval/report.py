@@ -116,6 +116,7 @@ def comparison(names: list[str], metrics: list[dict]) -> str:
              ("needs history (distance ≥ 1)", ("accuracy", "needs_history")),
              ("own history", ("modes", "own_history", "accuracy", "overall")),
              ("gap gold - own", ("gap", "overall")),
+             ("own history, scripted answers", ("own_history_scripted", "overall")),
              ("dialogues fully right", ("accuracy", "dialogues_fully_right")),
              ("first failed round (normalised)", ("accuracy", "first_failed_round")),
              ("history gain", ("history_gain", "overall")),

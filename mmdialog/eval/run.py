@@ -98,7 +98,7 @@ def run_eval(checkpoints: list[str], out: str | Path, *, world: str | None = Non
              ablation_dialogues: int | None = None, heldout: bool = True,
              gold_method: str = "teacher_forced", progress: bool = True, log=print) -> dict:
     """Evaluate every checkpoint on the split (or on a fresh sample per seed); write OUT; return metrics."""
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,8 @@ def _log_line(m: dict, log, std: dict | None = None) -> None:
     if "gap" in m:
         log(f"own history {f(m['modes']['own_history']['accuracy']['overall'])} vs gold "
             f"{f(m['modes']['gold_history_same_dialogues']['accuracy']['overall'])} on the same dialogues "
-            f"(gap {f(m['gap']['overall'])})")
+            f"(gap {f(m['gap']['overall'])})" + (f"; on the world's scripted answers {f(sc['overall'])}"
+                                                  if (sc := m.get("own_history_scripted")) else ""))
     if "history_gain" in m:
         log("history gain by distance: " + ", ".join(f"{k}: {f(v)}" for k, v in m["history_gain"]["by_distance_fine"].items()))
     if m.get("ranking"):
@@ -191,7 +192,7 @@ def run_file_eval(checkpoint: str, data: str | Path, out: str | Path, *, fmt: st
     of lab.py, the same one the world runs). Writes OUT as the module docstring lists, plus OUT/invalid.jsonl."""
     from mmdialog.eval.datafile import read_eval_file
     from mmdialog.eval.matching import check_match
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     check_match(match)
     ck = load_any(checkpoint)

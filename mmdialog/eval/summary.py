@@ -82,6 +82,13 @@ def lab_markdown(metrics: dict, *, title: str, std: dict | None = None, figures:
                  ["first failed round (normalised)", c(*g, "accuracy", "first_failed_round"),
                   c(*o, "accuracy", "first_failed_round"), c("gap", "first_failed_round", signed=True)]]
         out += _table(["", "gold history", "own history", "gap"], rows)
+        if metrics.get("own_history_scripted"):
+            sc = "own_history_scripted"
+            out += [f"Follow-ups are judged on the conversation as it happened: {c.count(sc, 'rejudged')} question(s) "
+                    "refer back to the object the model's own caption named where the world's caption named another "
+                    f"one ({c.count(sc, 'rejudged_correct')} answered right about the model's object). Judged on the "
+                    f"world's scripted answers throughout, own history is {c(sc, 'overall')} "
+                    f"(gap {c(sc, 'gap', signed=True)}).", ""]
     else:
         out += ["## Dialogue level (gold history)", ""]
         out += _table(["", "value"], [["dialogues fully right", c("accuracy", "dialogues_fully_right")],

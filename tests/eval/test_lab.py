@@ -94,3 +94,37 @@ def test_ablations_on_the_first_dialogues_compare_with_their_gold(tiny, world32)
     assert m["history_gain"]["by"]["distance"]["0"] == world_gain["by_distance_fine"]["0"]
     assert m["eval"]["ablation_dialogues"] == 1 and "gap" not in m and "ranking" not in m
     assert "On the first 1 dialogues" in lab_markdown(m, title="t")
+
+
+def test_own_history_judges_followups_on_the_object_the_models_caption_named(tiny, world32, monkeypatch):
+    from mmdialog.data.worlds.shapes.as_said import golds_as_said
+    from mmdialog.data.worlds.shapes.dialogue import phrase
+    from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, Scene
+    from mmdialog.eval import batched_chat
+
+    model, proc = tiny
+    world, _ = world32
+    from mmdialog.data.worlds.shapes import load_split
+    records, got = [], {}
+    for rec in load_split(world, "train") + load_split(world, "val") + load_split(world, "test"):
+        first, scene = rec["rounds"][0]["program"], Scene.from_dict(rec["scene"])
+        scripted = [rd["answer"] for rd in rec["rounds"]]
+        for o in range(len(scene.objects)):  # a caption about another object, followed by the scripted answers
+            desc = {a: scene.objects[o].get(a) for a in ATTRIBUTES}
+            replies = [f"There are {len(scene.objects)} shapes. One is a {phrase(desc)}."] + scripted[1:]
+            if first.get("target") not in (None, o) and golds_as_said(rec, replies) != scripted:
+                records.append(rec)
+                got[rec["id"]] = replies
+                break
+    assert records, "the small world has a dialogue that refers back to its caption"
+    monkeypatch.setattr(batched_chat, "own_history_replies", lambda *a, **k: dict(got))
+    res = run_lab(model, proc, records, world, max_new_tokens=3, ablations=(), ranking=0, progress=False)
+    own = res.predictions["own_history"]
+    moved = [r for r in own if "gold_scripted" in r]
+    assert moved and all(r["gold"] != r["gold_scripted"] and r["pred"] == r["gold_scripted"] for r in moved)
+    assert all(not r["correct"] and r["correct_scripted"] for r in moved)  # the scripted answer is now wrong
+    sc = res.metrics["own_history_scripted"]
+    assert sc["rejudged"] == len(moved) and sc["rejudged_correct"] == 0
+    own_acc = res.metrics["modes"]["own_history"]["accuracy"]["overall"]
+    assert sc["overall"] == pytest.approx(own_acc + len(moved) / len(own))
+    assert "judged on the conversation as it happened" in lab_markdown(res.metrics, title="t")
