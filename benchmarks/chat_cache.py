@@ -27,7 +27,7 @@ QUESTIONS = ["How many red things are there?", "What colour is it?", "Is there a
 
 def load(args):
     if args.checkpoint:
-        from mmdialog.train.checkpoint import load_checkpoint
+        from mmdialog.modelio import load_checkpoint
 
         ck = load_checkpoint(args.checkpoint)
         return ck.model, ck.processor

@@ -30,7 +30,7 @@ from mmdialog.eval.contexts import ABLATIONS, Context, record_image
 from mmdialog.eval.lab import gold_generated_rows, own_history_rows, teacher_forced_rows
 from mmdialog.eval.ranking import LikelihoodRanker, world_candidates
 from mmdialog.eval.teacher_forced import TeacherForcedScorer
-from mmdialog.export import load_any
+from mmdialog.modelio import load_any
 
 
 def main() -> None:

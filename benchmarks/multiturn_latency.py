@@ -40,7 +40,7 @@ QUESTIONS = ["Describe the picture.", "How many red things are there?", "What co
 
 def load(args):
     if args.checkpoint:
-        from mmdialog.train.checkpoint import load_checkpoint
+        from mmdialog.modelio import load_checkpoint
 
         ck = load_checkpoint(args.checkpoint, device=args.device)
         return ck.model, ck.processor, ck.config

@@ -48,7 +48,7 @@ def score(checkpoint: Path | None, model_tokenizer, world: Path, records: list[d
     from mmdialog.eval.lab import teacher_forced_rows
     from mmdialog.eval.multiturn import summarise
     from mmdialog.eval.teacher_forced import TeacherForcedScorer
-    from mmdialog.train.checkpoint import load_checkpoint
+    from mmdialog.modelio import load_checkpoint
 
     if checkpoint is not None:
         ck = load_checkpoint(checkpoint)

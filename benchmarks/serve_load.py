@@ -35,7 +35,7 @@ def random_checkpoint(directory: Path) -> Path:
     from mmdialog.config import load_config
     from mmdialog.data.tokenizer import ChatTokenizer
     from mmdialog.model import build_model
-    from mmdialog.train.checkpoint import save_checkpoint
+    from mmdialog.modelio import save_checkpoint
 
     cfg = load_config("configs/demo.yaml", ["model.decoder.max_seq_len=1024"])
     tok = ChatTokenizer.train(QUESTIONS * 50 + ["There are 5 shapes.", "yes", "no", "red", "2"], 400)

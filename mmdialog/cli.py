@@ -35,7 +35,7 @@ def cmd_world(args) -> None:
 def cmd_train(args) -> int:
     from mmdialog.data.dataset import report_skipped
     from mmdialog.demo import ensure_world
-    from mmdialog.export import world_meta
+    from mmdialog.modelio import world_meta
     from mmdialog.train.checkpoint import latest_training_checkpoint
     from mmdialog.train.distributed import destroy_distributed, init_distributed
     from mmdialog.train.trainer import prepare, resolve_device, train
@@ -162,7 +162,7 @@ def _world_of(ck, world: str | None) -> Path:
 def cmd_explain(args) -> None:
     from mmdialog.data.worlds.shapes import load_split
     from mmdialog.explain import explain_dialogue
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     ck = load_any(args.checkpoint)
     world = _world_of(ck, args.world)
@@ -206,7 +206,7 @@ def cmd_chat(args) -> None:
     from mmdialog.chat.cli import chat_loop
     from mmdialog.chat.policies import parse_policy
     from mmdialog.chat.sampling import SamplingParams
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     policy = parse_policy(args.policy)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -234,7 +234,7 @@ def cmd_data_check(args) -> int:
 
     processor, modalities = None, None
     if args.checkpoint:
-        from mmdialog.export import load_any
+        from mmdialog.modelio import load_any
 
         ck = load_any(args.checkpoint)
         processor, modalities = ck.processor, frozenset(ck.model.encoders)
@@ -251,7 +251,7 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_export(args) -> None:
-    from mmdialog.export import export
+    from mmdialog.modelio import export
 
     s = export(args.checkpoint, args.out, max_shard_size=args.max_shard_size)
     print(f"exported {s['tensors']} tensors ({s['bytes']:,} bytes, {s['shards']} shard(s)) to {s['out']}: "

@@ -19,8 +19,8 @@ from mmdialog.eval.plots import plot_run
 from mmdialog.eval.report import build_report
 from mmdialog.eval.run import heldout_metrics, write_outputs
 from mmdialog.explain import explain_dialogue
-from mmdialog.modelio import world_meta
 from mmdialog.model import count_parameters
+from mmdialog.modelio import world_meta
 from mmdialog.train.trainer import prepare, train
 
 

@@ -46,7 +46,7 @@ from mmdialog.eval.contexts import WithPolicy, record_image
 from mmdialog.eval.lab import aggregate, own_history_rows, run_lab, teacher_forced_rows
 from mmdialog.eval.multiturn import summarise
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
-from mmdialog.export import world_meta
+from mmdialog.modelio import world_meta
 
 VARIANTS = ("every_turn", "last_turn", "every_turn+augment", "last_turn+augment")
 DEFAULT_VARIANTS = ("every_turn", "last_turn", "every_turn+augment")

@@ -37,7 +37,7 @@ from mmdialog.data.worlds.shapes import load_split
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.experiment import _get, _ms, effect
 from mmdialog.eval.lab import aggregate, run_lab
-from mmdialog.export import world_meta
+from mmdialog.modelio import world_meta
 
 FUSIONS = ("concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler")
 DISTANCES = ("0", "1", "2", "3+")

@@ -1,4 +1,4 @@
-"""Model-agnostic building blocks: attention, RoPE, norms, MLPs, KV cache, transformer block."""
+"""Model-agnostic building blocks: attention, RoPE, norms, MLPs, KV cache, transformer block; LoRA (lora.py)."""
 
 from mmdialog.modules.attention import Attention, Segments, causal_mask, segment_mask
 from mmdialog.modules.cross_attention import CrossAttention

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from mmdialog.config import Config, build_part, to_dict
 from mmdialog.data.processor import Processor
-from mmdialog.export import world_meta
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.errors import MMDialogError
 from mmdialog.model import count_parameters
+from mmdialog.modelio import world_meta
 from mmdialog.objectives.qa import AnswerVocab
 from mmdialog.pretrain.data import (CAPTION_PROMPT, USER_CAPTION_PROMPT, PairCollator, PairDataset, PairRecord,
                                     read_pairs_file, world_pairs, world_texts)
@@ -74,7 +74,8 @@ def build_heads(cfg: Config, model, tokenizer: ChatTokenizer, weights: dict, mod
 def run_pretrain(cfg: Config, out: str | Path, *, resume: bool = False, dist: Dist | None = None,
                  progress: bool = True, log=print) -> dict:
     """Pretrain cfg.model with the cfg.pretrain mixture; returns the metrics written to OUT/metrics.json."""
-    from mmdialog.train.checkpoint import latest_training_checkpoint, save_checkpoint
+    from mmdialog.modelio import save_checkpoint
+    from mmdialog.train.checkpoint import latest_training_checkpoint
     from mmdialog.train.trainer import tokenizer_and_model, train
 
     dist = dist or Dist()

@@ -360,7 +360,7 @@ def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
           workers: int = 4, queue: int = 64, timeout_s: float = 300.0, allowed_hosts: Sequence[str] = ()) -> None:
     import uvicorn
 
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     ck = load_any(checkpoint)  # a training checkpoint or an export
     name = model_name or "mmdialog"

@@ -37,16 +37,17 @@ from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.data.worlds.shapes import load_split, record_to_conversation
 from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM, build_model, count_parameters
+from mmdialog.modelio import save_checkpoint
+from mmdialog.modules.lora import ADAPTERS, lora_state, merge_lora, save_adapters
 from mmdialog.objectives.lm import NextTokenObjective, target_weights
 from mmdialog.train.checkpoint import (latest_training_checkpoint, load_training_state, rng_state,
-                                       save_checkpoint, save_training_checkpoint, set_rng_state)
+                                       save_training_checkpoint, set_rng_state)
 from mmdialog.train.distributed import (Dist, check_fsdp, full_optimizer_state, full_state_dict, full_tensor,
                                         load_full_optimizer_state, load_full_state_dict, materialize, meta_copy,
                                         shard_fsdp)
 from mmdialog.train.muon import Muon
 from mmdialog.train.sampler import StepSampler
-from mmdialog.train.strategies import (ADAPTERS, Plan, build_plan, enable_gradient_checkpointing, lora_state, merge_lora,
-                                      save_adapters)
+from mmdialog.train.strategies import Plan, build_plan, enable_gradient_checkpointing
 
 MAX_CONSECUTIVE_SKIPS = 20  # train.on_nan=skip: this many non-finite batches in a row stop the run anyway
 
@@ -280,7 +281,7 @@ def tokenizer_and_model(cfg: Config, texts, tokenizer: ChatTokenizer | None = No
 
 def _init_from(cfg: Config):
     from mmdialog.config import to_dict
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     ck = load_any(cfg.train.init_from)
     mine, theirs = to_dict(cfg.model), to_dict(ck.config.model)

@@ -104,7 +104,7 @@ def test_chat_session_with_the_hf_decoder_equals_reencoding(tokenizer, fusion):
 def test_trains_and_checkpoints_with_the_hf_decoder(tokenizer, tmp_path):
     from mmdialog.data.collate import Collator
     from mmdialog.data.conversation import Conversation
-    from mmdialog.train.checkpoint import load_checkpoint, save_checkpoint
+    from mmdialog.modelio import load_checkpoint, save_checkpoint
 
     cfg, model, proc = hf_model(tokenizer)
     convs = [Conversation().add("user", random_image(i), "How many red things are there?").add("assistant", str(i))

@@ -18,7 +18,8 @@ from mmdialog.cli import main
 from mmdialog.data.collate import Collator
 from mmdialog.data.formats import DataFile
 from mmdialog.errors import MMDialogError
-from mmdialog.export import INDEX, load_any
+from mmdialog.modelio import load_any
+from mmdialog.modelio.hf_export import INDEX
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "smoke.yaml"
@@ -160,7 +161,7 @@ def test_eval_and_chat_take_an_export(capsys, trained, tmp_path):
 
 
 def test_shard_sizes_parse_as_hugging_face_counts_them():
-    from mmdialog.export import parse_size
+    from mmdialog.modelio.hf_export import parse_size
 
     assert parse_size("5GB") == 5 * 10**9 and parse_size("200MiB") == 200 * 2**20 and parse_size("2048") == 2048
     assert parse_size(" 1.5 kb ") == 1500
@@ -170,7 +171,7 @@ def test_shard_sizes_parse_as_hugging_face_counts_them():
 
 
 def test_a_damaged_export_is_named(trained, tmp_path):
-    from mmdialog.export import export, load_export
+    from mmdialog.modelio import export, load_export
 
     out = tmp_path / "e"
     export(trained / "checkpoint", out, max_shard_size="60KB")

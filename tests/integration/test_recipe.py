@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from mmdialog.cli import main
 from mmdialog.data.conversation import Conversation
-from mmdialog.export import load_any
+from mmdialog.modelio import load_any
 from tests.conftest import random_image
 
 ROOT = Path(__file__).resolve().parents[2]

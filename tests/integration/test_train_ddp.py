@@ -71,7 +71,7 @@ def test_fsdp_two_processes_match_one_save_full_weights_and_resume(world, tmp_pa
     """train.distributed=fsdp (FSDP2, parameters sharded across the 2 processes, gloo): the same losses and
     parameters as one process with the same global batch, a final checkpoint of full weights that loads like
     any other, and a bitwise resume from a resumable checkpoint (full weights + gathered optimizer state)."""
-    from mmdialog.train.checkpoint import load_checkpoint
+    from mmdialog.modelio import load_checkpoint
 
     fsdp, one = tmp_path / "fsdp", tmp_path / "one"
     r = train(fsdp, world, 2, "train.distributed=fsdp", "train.optimizer=adamw", "train.grad_accum=2")

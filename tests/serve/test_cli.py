@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from mmdialog.train.checkpoint import save_checkpoint
+from mmdialog.modelio import save_checkpoint
 from tests.serve.conftest import data_uri, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

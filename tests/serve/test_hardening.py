@@ -118,7 +118,7 @@ def test_the_startup_line_says_when_there_is_no_key(served, tokenizer, tiny_cfg,
     import uvicorn
 
     from mmdialog.serve.app import serve
-    from mmdialog.train.checkpoint import save_checkpoint
+    from mmdialog.modelio import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "ck", served[0], tokenizer, tiny_cfg, {})
     ran = []

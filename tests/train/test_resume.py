@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmdialog.errors import MMDialogError
-from mmdialog.train.checkpoint import latest_training_checkpoint, load_checkpoint, step_dirs
+from mmdialog.modelio import load_checkpoint
+from mmdialog.train.checkpoint import latest_training_checkpoint, step_dirs
 from mmdialog.train.sampler import StepSampler
 from tests.train.conftest import run, smoke_config
 

@@ -7,8 +7,9 @@ from mmdialog.data.collate import Collator, last_turn_only, reply_spans
 from mmdialog.data.conversation import Conversation
 from mmdialog.errors import MMDialogError
 from mmdialog.objectives.lm import NextTokenObjective
-from mmdialog.train.checkpoint import load_checkpoint
-from mmdialog.train.strategies import build_plan, enable_gradient_checkpointing, lora_layers
+from mmdialog.modelio import load_checkpoint
+from mmdialog.modules.lora import lora_layers
+from mmdialog.train.strategies import build_plan, enable_gradient_checkpointing
 from tests.conftest import random_image
 from tests.train.conftest import run, smoke_config
 
@@ -114,7 +115,7 @@ def test_lora_trains_adapters_only_and_merges_for_deployment(tiny_world, tmp_pat
 
 def test_lora_checkpoint_chats(tiny_world, tmp_path):
     from mmdialog.chat.session import ChatSession
-    from mmdialog.export import load_any
+    from mmdialog.modelio import load_any
 
     run(smoke_config("train.max_steps=2", "train.strategy=lora"), tiny_world, tmp_path)
     ck = load_any(tmp_path / "checkpoint")

@@ -30,11 +30,8 @@ Tied weights (the decoder's embedding and LM head) are stored once and listed in
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
@@ -47,8 +44,9 @@ from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import BOS, CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS, ChatTokenizer
 from mmdialog.errors import MMDialogError
 from mmdialog.model import build_model
-from mmdialog.train.checkpoint import Loaded, load_checkpoint
-from mmdialog.train.strategies import ADAPTERS, load_adapters
+from mmdialog.modelio.atomic import atomic_directory
+from mmdialog.modelio.checkpoint import Loaded, load_checkpoint, locate_world
+from mmdialog.modules.lora import ADAPTERS, inject_lora, load_adapters, lora_state
 
 FORMAT = "mmdialog-export/1"
 WEIGHTS = "model.safetensors"
@@ -152,48 +150,33 @@ def export(checkpoint: str | Path, out: str | Path, max_shard_size: str | int = 
     target = Path(out)
     if target.exists() and not _replaceable(target):
         raise MMDialogError(f"{target} exists and is not an mmdialog export; choose another --out or remove it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-
-    tensors, tied = unique_tensors(ck.model)
-    shards = shard(tensors, max_bytes)
-    n = len(shards)
-    files = [WEIGHTS] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for f, part in zip(files, shards):
-        save_file(part, str(tmp / f), metadata={"format": "pt"})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    if n > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": {k: f for f, part in zip(files, shards) for k in part}}
-        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors.values()}
-    config = {
-        "architectures": ["MultimodalLM"], "model_type": "mmdialog", "format": FORMAT,
-        "mmdialog_version": __version__, "torch_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
-        "vocab_size": ck.tokenizer.vocab_size, "placeholder_ids": ck.model.placeholder_ids, "tied_weights": tied,
-        "mmdialog": to_dict(ck.config),
-        **({"portable_model": portable} if (portable := portable_model(ck)) else {}),
-        "meta": {k: v for k, v in ck.meta.items()
-                 if k not in ("format", "vocab_size", "placeholder_ids", "world_missing")},
-    }
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    write_tokenizer(ck.tokenizer, tmp, ck.config.model.decoder.max_seq_len)
-    parts = {}
-    if is_hf_decoder(ck.model.decoder):
-        parts = export_hf_decoder(ck, checkpoint, tmp, max_bytes, final_dir=target.resolve())
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in [tmp, *tmp.rglob("*")]:  # safetensors writes 0600; an export is meant to be shared. Durable before visible.
-        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(target, shareable=True) as tmp:
+        tensors, tied = unique_tensors(ck.model)
+        shards = shard(tensors, max_bytes)
+        n = len(shards)
+        files = [WEIGHTS] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for f, part in zip(files, shards):
+            save_file(part, str(tmp / f), metadata={"format": "pt"})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        if n > 1:
+            weight_map = {k: f for f, part in zip(files, shards) for k in part}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors.values()}
+        config = {
+            "architectures": ["MultimodalLM"], "model_type": "mmdialog", "format": FORMAT,
+            "mmdialog_version": __version__, "torch_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
+            "vocab_size": ck.tokenizer.vocab_size, "placeholder_ids": ck.model.placeholder_ids, "tied_weights": tied,
+            "mmdialog": to_dict(ck.config),
+            **({"portable_model": portable} if (portable := portable_model(ck)) else {}),
+            "meta": {k: v for k, v in ck.meta.items()
+                     if k not in ("format", "vocab_size", "placeholder_ids", "world_missing")},
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_tokenizer(ck.tokenizer, tmp, ck.config.model.decoder.max_seq_len)
+        parts = {}
+        if is_hf_decoder(ck.model.decoder):
+            parts = export_hf_decoder(ck, checkpoint, tmp, max_bytes, final_dir=target.resolve())
     return {"out": str(target), "files": sorted(p.name for p in target.iterdir()), "shards": n,
             "tensors": len(tensors), "tied": len(tied), "bytes": total, **parts}
 
@@ -312,8 +295,6 @@ def checkpoint_adapters(ck: Loaded, source: Path):
         return None
     from safetensors.torch import load_model
 
-    from mmdialog.train.strategies import inject_lora, lora_state
-
     model = build_model(ck.config.model, vocab_size=ck.tokenizer.vocab_size, placeholder_ids=dict(ck.tokenizer.media_ids))
     inject_lora(model, ck.config.train.lora)
     load_model(model, str(source / "model.safetensors"), strict=False)
@@ -338,33 +319,6 @@ def load_any(path: str | Path, device: str = "cpu") -> Loaded:
     ck = load_export(path, device) if is_export(path) else load_checkpoint(path, device)
     locate_world(ck.meta, Path(path))
     return ck
-
-
-def world_meta(world: str | Path) -> dict:
-    """What a checkpoint's meta says of the world it was trained on: where, and which (world.json's digest)."""
-    world = Path(world).resolve()
-    return {"world": str(world), "world_sha256": hashlib.sha256((world / "world.json").read_bytes()).hexdigest()}
-
-
-def locate_world(meta: dict, checkpoint: Path) -> None:
-    """meta["world"] made a directory that holds the world. A relative path is taken from the checkpoint; where the
-    path is gone (the run was moved or copied), the world of the same world.json (meta["world_sha256"]) in a
-    `world/` directory beside the checkpoint or up to three levels above it is taken instead. Where none is,
-    meta["world_missing"] holds the path the checkpoint names, so that commands can say so."""
-    if not meta.get("world"):
-        return
-    named = Path(meta["world"])
-    named = named if named.is_absolute() else checkpoint / named
-    if (named / "world.json").is_file():
-        meta["world"] = str(named)
-        return
-    digest = meta.get("world_sha256")
-    for up in [checkpoint, *list(Path(checkpoint).resolve().parents)[:3]]:
-        found = Path(up) / "world" / "world.json"
-        if digest and found.is_file() and hashlib.sha256(found.read_bytes()).hexdigest() == digest:
-            meta["world"] = str(found.parent)
-            return
-    meta["world_missing"] = str(named)
 
 
 def load_export(directory: str | Path, device: str = "cpu") -> Loaded:

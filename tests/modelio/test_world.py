@@ -7,8 +7,7 @@ import pytest
 
 from mmdialog.cli import _world_of
 from mmdialog.errors import MMDialogError
-from mmdialog.export import load_any, world_meta
-from mmdialog.train.checkpoint import save_checkpoint
+from mmdialog.modelio import load_any, save_checkpoint, world_meta
 
 
 def test_a_moved_run_finds_its_world_and_a_missing_one_is_named(tiny, tokenizer, tiny_cfg, tmp_path):

@@ -11,10 +11,9 @@ from mmdialog.config import load_config
 from mmdialog.data.conversation import Audio, Conversation
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import ChatTokenizer
-from mmdialog.export import export, load_export
 from mmdialog.model import build_model
-from mmdialog.train.checkpoint import save_checkpoint
-from mmdialog.train.strategies import ADAPTERS, inject_lora, lora_layers, lora_state, merge_lora, save_adapters
+from mmdialog.modelio import export, load_export, save_checkpoint
+from mmdialog.modules.lora import ADAPTERS, inject_lora, lora_layers, lora_state, merge_lora, save_adapters
 from tests.conftest import TINY, random_image
 from tests.decoders.test_hf import HF_OVERRIDES
 

@@ -6,8 +6,8 @@ import torch
 from mmdialog.config import load_config
 from mmdialog.errors import MMDialogError
 from mmdialog.model import build_model
-from mmdialog.train import checkpoint as ckpt
-from mmdialog.train.checkpoint import load_checkpoint, save_checkpoint
+from mmdialog.modelio import checkpoint as ckpt
+from mmdialog.modelio import load_checkpoint, save_checkpoint
 from tests.conftest import TINY
 
 
@@ -59,13 +59,13 @@ def test_crash_mid_save_keeps_previous_checkpoint(tiny, tokenizer, tiny_cfg, tmp
             raise OSError("simulated crash")
         real_rename(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "rename", crash_on_second)
+    monkeypatch.setattr(os, "rename", crash_on_second)  # the renames of atomic_directory
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "ck", model, tokenizer, tiny_cfg, {"step": 2})
-    monkeypatch.setattr(ckpt.os, "rename", real_rename)
+    monkeypatch.setattr(os, "rename", real_rename)
     loaded = load_checkpoint(tmp_path / "ck")  # falls back to the intact previous checkpoint
     assert loaded.meta["step"] == 1
 
