@@ -1,9 +1,14 @@
 """OpenAI chat-completions request bodies -> (Conversation, SamplingParams), or an APIError saying what is wrong.
 
+    body --ChatCompletionRequest (pydantic: shapes, types, ranges)--> models --conversation, sampling-->
+    Conversation (images decoded), SamplingParams
+
 Content is a string or a list of parts: {"type": "text", "text": ...} and {"type": "image_url",
 "image_url": {"url": ...}} where the url is a `data:image/...;base64,` URI, or a local file path
 (`/abs/path.png` or `file:///abs/path.png`) inside the directory the operator allowed. Remote
-URLs are never fetched. Every error names the field, as `messages[2].content[1].image_url`.
+URLs are never fetched. Every error names the field, as `messages[2].content[1].image_url`: the
+models say in their validators what a field must be, and `api_error` turns pydantic's first error
+(its `loc`) into that name. Fields of OpenAI's API that this server does not use are ignored.
 
 An image's size is read from its header and checked before its pixels are decoded; once decoded
 it is resized to the image encoder's input at once (what the processor would do later), so a
@@ -17,19 +22,24 @@ import binascii
 import contextlib
 import ctypes
 import io
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image as PILImage
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool,
+                      StrictFloat, StrictInt, StrictStr, Tag, ValidationError, ValidationInfo, WrapValidator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from mmdialog.chat.sampling import SamplingParams
 from mmdialog.data.conversation import Conversation, Image, Part, Text, Turn
 
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+UNSUPPORTED_PARTS = ("input_audio", "audio_url", "video_url", "file")
 
 
 class APIError(Exception):
@@ -68,160 +78,262 @@ def bad(message: str, param: str | None = None, code: str | None = "invalid_valu
     return APIError(400, message, param, code)
 
 
-def parse_request(body, limits: Limits, allow_dir: Path | None = None, image_size: int | None = None) -> ChatRequest:
-    """image_size: the image encoder's input size, to which images are resized as they are decoded
-    (None: the model takes no images, and a request with one is refused)."""
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object", code="invalid_json")
-    conv = parse_messages(body.get("messages"), limits, allow_dir, image_size)
-    return ChatRequest(conv, parse_sampling(body, limits), stream=_bool(body, "stream"),
-                       include_usage=_include_usage(body), model=_string(body, "model"), cache_salt=_salt(body))
+# ----------------------------------------------------------------------------- errors in this server's words
+
+def fail(template: str, got=None, code: str = "invalid_value") -> PydanticCustomError:
+    """An error for pydantic to place; `api_error` fills in {where} (the field's name) and {got} (repr of got)."""
+    return PydanticCustomError(code, "{template}", {"template": template, "got": repr(got)})
 
 
-def _string(body, key) -> str | None:
-    v = body.get(key)
-    if v is not None and not isinstance(v, str):
-        raise bad(f"{key} must be a string", key)
-    return v if v is None else check_text(v, key)
+def says(template: str) -> WrapValidator:
+    """Any failure of the value's type or range, as `template` (a leaf field: nothing inside it fails alone)."""
+    def check(value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise fail(template, value) from None
+
+    return WrapValidator(check)
 
 
-def _salt(body) -> str:
-    """vLLM's cache_salt and OpenAI's user both narrow cache reuse; either or both may be given."""
-    salt, user = _string(body, "cache_salt"), _string(body, "user")
-    if salt is not None and not salt:
-        raise bad("cache_salt must be a non-empty string", "cache_salt")
-    return "\0".join(s for s in (salt, user) if s)
-
-
-def check_text(value: str, where: str) -> str:
-    """A string that is valid Unicode text (JSON's \\udc00 escapes can spell a lone surrogate, which is not)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise bad(f"{where} is not valid Unicode text: it holds the lone surrogate {value[e.start]!r} at "
-                  f"character {e.start}", where) from None
+def unicode(value):
+    """A string is valid Unicode text (JSON's \\udc00 escapes can spell a lone surrogate, which is not); checked
+    before the type (pydantic's length checks fail on a lone surrogate in their own words)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise fail(f"{{where}} is not valid Unicode text: it holds the lone surrogate {value[e.start]!r} at "
+                       f"character {e.start}") from None
     return value
 
 
-def _bool(body, key) -> bool:
-    v = body.get(key, False)
-    if v is None:
-        return False
-    if not isinstance(v, bool):
-        raise bad(f"{key} must be true or false, got {v!r}", key)
-    return v
+Unicode = BeforeValidator(unicode)  # last in an Annotated, so that it runs first
 
 
-def _include_usage(body) -> bool:
-    opts = body.get("stream_options")
-    if opts is None:
-        return False
-    if not isinstance(opts, dict):
-        raise bad("stream_options must be an object", "stream_options")
-    return _bool(opts, "include_usage")
+def where(loc: tuple) -> str | None:
+    """pydantic's ('messages', 2, 'content', 1, 'type=image_url', 'image_url') -> 'messages[2].content[1].image_url';
+    the names of union branches (the Tags below) are not identifiers, and are left out."""
+    name = ""
+    for x in loc:
+        if isinstance(x, int):
+            name += f"[{x}]"
+        elif x.isidentifier():
+            name += f".{x}" if name else x
+    return name or None
 
 
-def parse_sampling(body: dict, limits: Limits) -> SamplingParams:
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise bad(f"n must be 1 (one choice per request), got {n!r}", "n")
-    kwargs = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    fields = {  # request key -> (SamplingParams field, kind, check, message)
-        "temperature": ("temperature", float, lambda v: 0 <= v <= 2, "a number in [0, 2]"),
-        "top_p": ("top_p", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-        "top_k": ("top_k", int, lambda v: v >= 0, "an integer >= 0"),
-        "repetition_penalty": ("repetition_penalty", float, lambda v: v > 0, "a number > 0"),
-        "seed": ("seed", int, lambda v: True, "an integer"),
-    }
-    for key, (name, kind, check, what) in fields.items():
-        v = body.get(key)
-        if v is None:
-            continue
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if kind is int:
-            ok = ok and float(v).is_integer()
-        if not ok or not check(v):
-            raise bad(f"{key} must be {what}, got {v!r}", key)
-        kwargs[name] = kind(v)
-    if max_tokens is not None:
-        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise bad(f"{key} must be an integer >= 1, got {max_tokens!r}", key)
-        kwargs["max_new_tokens"] = max_tokens
-    else:
-        kwargs["max_new_tokens"] = limits.max_new_tokens
-    stop = body.get("stop")
-    if stop is not None:
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-            raise bad("stop must be a non-empty string or a list of at most 4 of them", "stop")
-        kwargs["stop"] = [check_text(s, "stop") for s in stop]
-    return SamplingParams(**kwargs)
+def api_error(e: ValidationError) -> APIError:
+    """The first of pydantic's errors (the first field in the body's order), as a 400 naming the field."""
+    err = e.errors(include_url=False)[0]
+    param, ctx = where(err["loc"]), err.get("ctx") or {}
+    if "template" not in ctx:  # pydantic's own words: every field here says what it must be, so not expected
+        return bad(f"{param or 'the request body'}: {err['msg']}", param)
+    message = ctx["template"].replace("{where}", param or "the request body").replace("{got}", ctx["got"])
+    return bad(message, param, err["type"])
+
+
+def number(what: str, **bounds):
+    """A JSON number (not a boolean, not NaN or infinity) in bounds, or null; `what` says which for the error."""
+    return Annotated[Annotated[StrictFloat, Field(allow_inf_nan=False, **bounds)] | None,
+                     says(f"{{where}} must be {what}, got {{got}}")]
+
+
+def integer(what: str, **bounds):
+    """A JSON integer (2.0 too, not true) in bounds, or null."""
+    def integral(v):
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    return Annotated[Annotated[StrictInt, Field(**bounds)] | None, BeforeValidator(integral),
+                     says(f"{{where}} must be {what}, got {{got}}")]
+
+
+Flag = Annotated[StrictBool | None, says("{where} must be true or false, got {got}")]
+MaxTokens = Annotated[Annotated[StrictInt, Field(ge=1)] | None, says("{where} must be an integer >= 1, got {got}")]
+Name = Annotated[StrictStr | None, says("{where} must be a string"), Unicode]
+
+
+# ----------------------------------------------------------------------------- the request body's models
+
+class Object(BaseModel):
+    """A JSON object of the request body. Unknown fields are ignored; a missing field is validated as null,
+    so it gets the field's own error (most fields take null as "not given")."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+    what: ClassVar[str] = "an object"  # for the error when the value is no object
+    code: ClassVar[str] = "invalid_value"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value):
+        if not isinstance(value, (dict, cls)):
+            raise fail(f"{{where}} must be {cls.what}", value, cls.code)
+        return value
+
+
+class TextPart(Object):
+    type: Literal["text"] = "text"
+    text: Annotated[StrictStr, says("{where} must be a string"), Unicode] = None
+
+
+class ImageURL(Object):
+    url: Annotated[StrictStr, Field(min_length=1), says("{where} must be a string"), Unicode] = None
+
+
+def url_object(value):
+    """{"image_url": "data:..."} is taken as {"image_url": {"url": "data:..."}}."""
+    return value if isinstance(value, (dict, ImageURL)) else {"url": value}
+
+
+class ImagePart(Object):
+    type: Literal["image_url"]
+    image_url: Annotated[ImageURL, BeforeValidator(url_object)] = None
+
+
+def part_type(value):
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind in UNSUPPORTED_PARTS:
+        raise fail(f"{{where}}: {kind} parts are not supported by this model (it takes text and images)",
+                   code="unsupported_content")
+    if kind not in ("text", "image_url"):
+        raise fail(f"{{where}} must be an object with type 'text' or 'image_url', got {kind!r}")
+    return value
+
+
+def part_tag(value) -> str:
+    return "type=" + (value["type"] if isinstance(value, dict) else value.type)
+
+
+ContentPart = Annotated[Annotated[TextPart, Tag("type=text")] | Annotated[ImagePart, Tag("type=image_url")],
+                        Discriminator(part_tag), BeforeValidator(part_type)]
+
+
+def content_parts(value, info: ValidationInfo):
+    """A string is one text part; an assistant message without content (it called tools) one empty text part."""
+    if value is None and info.data.get("role") == "assistant":
+        return [TextPart(text="")]
+    if isinstance(value, str):
+        return [TextPart(text=unicode(value))]  # checked here, so that an error names the content
+    if not isinstance(value, list):
+        raise fail("{where} must be a string or a list of parts", value)
+    return value
+
+
+class Message(Object):
+    what: ClassVar[str] = "an object with role and content"
+    role: Annotated[Literal["system", "developer", "user", "assistant"],
+                    says("{where} {got} is not supported; use one of: system, developer, user, assistant")] = None
+    content: Annotated[list[ContentPart], BeforeValidator(content_parts)] = None
+
+
+def message_list(value, info: ValidationInfo):
+    if not isinstance(value, list):
+        raise fail("{where} must be a list of {role, content} objects", value,
+                   "missing_required_parameter" if value is None else "invalid_type")
+    if not value:
+        raise fail("{where} is empty: send at least one user message")
+    limit = (info.context or {}).get("max_messages")
+    if limit is not None and len(value) > limit:  # before any message is looked at
+        raise fail(f"{len(value)} messages, over the limit of {limit}")
+    return value
+
+
+class Dialogue(Object):
+    messages: Annotated[list[Message], BeforeValidator(message_list)] = None
+
+
+class StreamOptions(Object):
+    include_usage: Flag = None
+
+
+def stop_list(value):
+    """One stop string or a list of them; each valid Unicode text."""
+    value = [value] if isinstance(value, str) else value
+    for s in value if isinstance(value, list) else ():
+        unicode(s)
+    return value
+
+
+Stop = Annotated[Annotated[list[Annotated[StrictStr, Field(min_length=1)]], Field(max_length=4)] | None,
+                 says("{where} must be a non-empty string or a list of at most 4 of them"), BeforeValidator(stop_list)]
+
+
+class ChatCompletionRequest(Dialogue):
+    """The fields this server reads; null is "not given" for each but messages."""
+
+    what: ClassVar[str] = "a JSON object"
+    code: ClassVar[str] = "invalid_json"
+    model: Name = None
+    temperature: number("a number in [0, 2]", ge=0, le=2) = None
+    top_p: number("a number in (0, 1]", gt=0, le=1) = None
+    top_k: integer("an integer >= 0", ge=0) = None
+    repetition_penalty: number("a number > 0", gt=0) = None
+    seed: integer("an integer") = None
+    max_tokens: MaxTokens = None
+    max_completion_tokens: MaxTokens = None  # OpenAI's newer name; it wins over max_tokens
+    stop: Stop = None
+    n: Annotated[Literal[1] | None, says("{where} must be 1 (one choice per request), got {got}")] = None
+    stream: Flag = None
+    stream_options: StreamOptions | None = None
+    user: Name = None  # vLLM's cache_salt and OpenAI's user both narrow cache reuse; either or both may be given
+    cache_salt: Annotated[Annotated[StrictStr, Field(min_length=1)] | None, says("{where} must be a non-empty string"),
+                          Unicode] = None
+
+
+# ----------------------------------------------------------------------------- models -> Conversation, SamplingParams
+
+def parse_request(body, limits: Limits, allow_dir: Path | None = None, image_size: int | None = None) -> ChatRequest:
+    """image_size: the image encoder's input size, to which images are resized as they are decoded
+    (None: the model takes no images, and a request with one is refused)."""
+    try:
+        r = ChatCompletionRequest.model_validate(body, context={"max_messages": limits.max_messages})
+    except ValidationError as e:
+        raise api_error(e) from None
+    return ChatRequest(conversation(r.messages, limits, allow_dir, image_size), sampling(r, limits),
+                       stream=bool(r.stream), include_usage=bool(r.stream_options and r.stream_options.include_usage),
+                       model=r.model, cache_salt="\0".join(s for s in (r.cache_salt, r.user) if s))
+
+
+def sampling(r: ChatCompletionRequest, limits: Limits) -> SamplingParams:
+    max_tokens = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
+    return SamplingParams(max_new_tokens=max_tokens or limits.max_new_tokens).replace(
+        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, repetition_penalty=r.repetition_penalty, seed=r.seed,
+        stop=r.stop)
 
 
 def parse_messages(messages, limits: Limits, allow_dir: Path | None, image_size: int | None = 0) -> Conversation:
     """image_size: resize images to it as they are decoded; 0: keep them as they are; None: refuse images."""
-    if not isinstance(messages, list):
-        raise bad("messages must be a list of {role, content} objects", "messages",
-                  "missing_required_parameter" if messages is None else "invalid_type")
-    if not messages:
-        raise bad("messages is empty: send at least one user message", "messages")
-    if len(messages) > limits.max_messages:
-        raise bad(f"{len(messages)} messages, over the limit of {limits.max_messages}", "messages")
+    try:
+        d = Dialogue.model_validate({"messages": messages}, context={"max_messages": limits.max_messages})
+    except ValidationError as e:
+        raise api_error(e) from None
+    return conversation(d.messages, limits, allow_dir, image_size)
+
+
+def conversation(messages: list[Message], limits: Limits, allow_dir: Path | None,
+                 image_size: int | None) -> Conversation:
+    """What depends on the server (images: whether, how many, from where) and on the order of the messages."""
     turns, images = [], 0
     for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad(f"{where} must be an object with role and content", where)
-        role = m.get("role")
-        if not isinstance(role, str) or role not in ROLE_NAMES:
-            raise bad(f"{where}.role {role!r} is not supported; use one of: system, developer, user, assistant",
-                      f"{where}.role")
-        parts = parse_content(m.get("content"), where, role, limits, allow_dir, image_size)
-        images += sum(isinstance(p, Image) for p in parts)
-        if images > limits.max_images:
-            raise bad(f"too many images: more than {limits.max_images} in one request", f"{where}.content")
-        turns.append(Turn(ROLE_NAMES[role], parts))
-    if turns[-1].role != "user":
-        raise bad(f"the last message must be from the user (it is {messages[-1]['role']!r}): "
-                  "the model replies to the user", f"messages[{len(messages) - 1}].role")
-    return Conversation(turns)
-
-
-def parse_content(content, where: str, role: str, limits: Limits, allow_dir: Path | None,
-                  image_size: int | None = 0) -> list[Part]:
-    if content is None and role == "assistant":
-        return [Text("")]
-    if isinstance(content, str):
-        return [Text(check_text(content, f"{where}.content"))]
-    if not isinstance(content, list):
-        raise bad(f"{where}.content must be a string or a list of parts", f"{where}.content")
-    parts: list[Part] = []
-    for j, p in enumerate(content):
-        pw = f"{where}.content[{j}]"
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind == "text":
-            if not isinstance(p.get("text"), str):
-                raise bad(f"{pw}.text must be a string", f"{pw}.text")
-            parts.append(Text(check_text(p["text"], f"{pw}.text")))
-        elif kind == "image_url":
-            if role != "user":
+        parts: list[Part] = []
+        for j, p in enumerate(m.content):
+            if isinstance(p, TextPart):
+                parts.append(Text(p.text))
+                continue
+            pw = f"messages[{i}].content[{j}]"
+            if m.role != "user":
                 raise bad(f"{pw}: only user messages may carry images", pw)
             if image_size is None:
                 raise bad(f"{pw}: this model takes no images (it has no image encoder)", pw, "unsupported_content")
-            spec = p.get("image_url")
-            url = spec.get("url") if isinstance(spec, dict) else spec
-            if not isinstance(url, str) or not url:
-                raise bad(f"{pw}.image_url.url must be a string", f"{pw}.image_url.url")
-            url = check_text(url, f"{pw}.image_url.url")
-            parts.append(load_image(url, f"{pw}.image_url.url", limits, allow_dir, image_size))
-        elif kind in ("input_audio", "audio_url", "video_url", "file"):
-            raise bad(f"{pw}: {kind} parts are not supported by this model (it takes text and images)", pw,
-                      "unsupported_content")
-        else:
-            raise bad(f"{pw} must be an object with type 'text' or 'image_url', got {kind!r}", pw)
-    return parts
+            images += 1
+            if images > limits.max_images:  # before this one is decoded
+                raise bad(f"too many images: more than {limits.max_images} in one request", f"messages[{i}].content")
+            parts.append(load_image(p.image_url.url, f"{pw}.image_url.url", limits, allow_dir, image_size))
+        turns.append(Turn(ROLE_NAMES[m.role], parts))
+    if turns[-1].role != "user":
+        raise bad(f"the last message must be from the user (it is {messages[-1].role!r}): "
+                  "the model replies to the user", f"messages[{len(messages) - 1}].role")
+    return Conversation(turns)
 
 
 def load_image(url: str, where: str, limits: Limits, allow_dir: Path | None, image_size: int = 0) -> Image:
