@@ -181,6 +181,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss_turns: str = "all"  # all assistant turns | last (the last one only) | weighted (per-message weights from data)
+    # | per_turn (every reply weighs the same: a one-word answer as much as a whole caption)
     pack: bool = False  # pack the batch's conversations into as few rows as fit pack_length (attention isolated)
     pack_length: int = 0  # longest packed row; 0: the decoder's max_seq_len
     group_by_length: int = 0  # >0: batches of similar length, sorted within runs of this many batches (less padding)

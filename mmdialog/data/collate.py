@@ -7,7 +7,7 @@ import torch
 from mmdialog.data.processor import IGNORE, Example
 from mmdialog.errors import MMDialogError
 
-LOSS_TURNS = ("all", "last", "weighted")
+LOSS_TURNS = ("all", "last", "weighted", "per_turn")
 MEDIA_FIELDS = ("images", "audios", "videos")
 
 
@@ -72,7 +72,8 @@ class Collator:
       audios:         (N, S) float waveforms, likewise (absent without audio)
       videos:         (N, F, 3, H, W) float frames, likewise (absent without video)
       loss_weights:   (B, T) float, each token's message weight (loss_turns="weighted" only; 1 where the data
-                      gives none). Not a forward() argument: the training objective pops it.
+                      gives none), or 1 / the reply's length (loss_turns="per_turn": each reply weighs the same,
+                      a one-word answer as much as a caption). Not a forward() argument: the objective pops it.
     and with pack=True, B rows of at most pack_length tokens, each holding whole conversations, plus:
       position_ids:   (B, T) long, restarting at 0 with each conversation (0 on padding)
       segment_ids:    (B, T) long, 1, 2, ... for the conversations of a row, 0 on padding; the decoder lets
@@ -98,7 +99,7 @@ class Collator:
         mask = torch.zeros((B, T), dtype=torch.long)
         positions = torch.zeros((B, T), dtype=torch.long)
         segments = torch.zeros((B, T), dtype=torch.long)
-        weighted = self.loss_turns == "weighted"
+        weighted = self.loss_turns in ("weighted", "per_turn")
         weights = torch.ones((B, T)) if weighted else None
         for b, row in enumerate(rows):
             at = 0
@@ -110,7 +111,10 @@ class Collator:
                 mask[b, at:at + n] = 1
                 positions[b, at:at + n] = torch.arange(n)
                 segments[b, at:at + n] = seg
-                if weighted and getattr(e, "weights", None) is not None:
+                if self.loss_turns == "per_turn":  # every reply counts as one, however many tokens it has
+                    for s, t in reply_spans(e.labels):
+                        weights[b, at + s:at + t] = 1.0 / (t - s)
+                elif weighted and getattr(e, "weights", None) is not None:
                     weights[b, at:at + n] = e.weights
                 at += n
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

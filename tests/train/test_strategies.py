@@ -217,6 +217,29 @@ def test_per_message_weights_scale_each_reply(tiny):
     assert "loss_weights" not in Collator(0)([ex])
 
 
+def test_per_turn_loss_weighs_every_reply_the_same(tiny):
+    model, processor = tiny
+    ex = three_round(processor)
+    spans = reply_spans(ex.labels)
+    assert len({e - s for s, e in spans}) > 1, "replies of different lengths"
+    batch = Collator(0, loss_turns="per_turn")([ex, ex])
+    w = batch["loss_weights"]
+    for s, e in spans:  # each reply's tokens share a weight of 1
+        assert float(w[1, s:e].sum()) == pytest.approx(1.0)
+    with torch.no_grad():
+        loss, weight = NextTokenObjective(model)(batch)
+    assert float(weight) == pytest.approx(2 * len(spans))  # the trainer divides by the number of replies
+    # the loss is the sum over replies of each reply's mean token loss
+    means = []
+    for s, e in spans:
+        labels = torch.full_like(ex.labels, -100)
+        labels[s:e] = ex.labels[s:e]
+        with torch.no_grad():
+            l, n = NextTokenObjective(model)(Collator(0)([type(ex)(ex.input_ids, labels, ex.images)]))
+        means.append(float(l / n))
+    assert float(loss) == pytest.approx(2 * sum(means), rel=1e-4)
+
+
 def test_weights_come_from_openai_and_sharegpt_records(tmp_path):
     from mmdialog.data.formats import openai, sharegpt
     from mmdialog.data.formats.common import MediaRoot, RecordError
