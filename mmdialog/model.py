@@ -19,6 +19,7 @@ import mmdialog.encoders  # noqa: F401  (registers the encoders)
 import mmdialog.fusion  # noqa: F401  (registers the fusions)
 from mmdialog.config import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, build_part
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES, NAMES
 from mmdialog.modules import KVCache
 from mmdialog.objectives import IGNORE_INDEX, lm_loss, shift_labels
 from mmdialog.registry import DECODERS, ENCODERS, FUSIONS
@@ -30,9 +31,6 @@ class ModelOutput:
     logits: torch.Tensor | None  # (B, T, V) next-token logits at every position; None unless asked for
     cache: KVCache | None  # the cache passed in, now also holding these T positions
     num_target_tokens: int  # supervised targets the loss averages over (0 without labels)
-
-
-MEDIA_INPUTS = {"image": "images", "audio": "audios", "video": "videos"}  # modality -> forward() argument
 
 
 class MultimodalLM(nn.Module):
@@ -61,15 +59,17 @@ class MultimodalLM(nn.Module):
         levels gets (N, L, T, d) instead: the encoder's forward_levels at those depths.
         """
         levels = getattr(self.fusion, "levels", None)
+        given = {"images": images, "audios": audios, "videos": videos}  # the modality table's batch keys
         media = {}
-        for modality, x in (("image", images), ("audio", audios), ("video", videos)):
+        for m in MODALITIES:
+            x = given[m.key]
             if x is None:
                 continue
-            if modality not in self.encoders:
-                raise MMDialogError(f"{MEDIA_INPUTS[modality]} given but the model has no {modality} encoder; "
+            if m.name not in self.encoders:
+                raise MMDialogError(f"{m.key} given but the model has no {m.name} encoder; "
                                     f"it has: {', '.join(self.encoders)}")
-            enc = self.encoders[modality]
-            media[modality] = enc.forward_levels(x, levels) if levels is not None else enc(x)
+            enc = self.encoders[m.name]
+            media[m.name] = enc.forward_levels(x, levels) if levels is not None else enc(x)
         return media
 
     def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor], *, cache: KVCache | None = None,
@@ -189,8 +189,8 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str,
     if "image" not in cfg.encoders:
         encoders["image"] = _build_from_fields(ENCODERS, cfg.image, ImageEncoderConfig(), "model.image")
     for modality, spec in cfg.encoders.items():
-        if modality not in MEDIA_INPUTS:
-            raise MMDialogError(f"model.encoders.{modality}: media encoders exist for {', '.join(MEDIA_INPUTS)} "
+        if modality not in NAMES:
+            raise MMDialogError(f"model.encoders.{modality}: media encoders exist for {', '.join(NAMES)} "
                                 f"(text encoders are used on their own: the decoder reads the text)")
         if not isinstance(spec, dict):
             raise MMDialogError(f"model.encoders.{modality} must be a mapping {{name: ..., ...}}, got {spec!r}")

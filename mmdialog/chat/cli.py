@@ -9,7 +9,7 @@ from pathlib import Path
 from mmdialog.chat.policies import make_policy
 from mmdialog.chat.sampling import SamplingParams
 from mmdialog.chat.session import ChatSession
-from mmdialog.data.conversation import Audio, Conversation, Image, Video
+from mmdialog.data.conversation import MEDIA_PARTS, Audio, Conversation, Image, Video
 from mmdialog.errors import MMDialogError
 
 HELP = """commands:
@@ -89,7 +89,7 @@ class ChatCLI:
             if not path.is_file():
                 raise MMDialogError(f"{kind} file not found: {arg}")
             # absolute, so that /save and /load work from anywhere
-            part = {"image": Image, "audio": Audio, "video": Video}[kind](path=str(path.resolve()))
+            part = MEDIA_PARTS[kind](path=str(path.resolve()))
             if kind == "image":  # a file that cannot be read fails here, not mid-turn
                 part.load()
             else:

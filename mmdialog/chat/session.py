@@ -30,9 +30,10 @@ import torch
 from mmdialog.chat.policies import Full, Policy
 from mmdialog.chat.sampling import Sampler, SamplingParams, TextStream
 from mmdialog.data.conversation import Conversation, Image, Part, Text
-from mmdialog.data.processor import MEDIA_KEYS, Processor
+from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import TooLong
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import by_name
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache
 
@@ -296,7 +297,7 @@ class ChatSession:
                 x = self.processor.media[p.type].transform(p, p.type)[None]  # (1, ...)
                 device = next(self.model.parameters()).device
                 with self.lock:
-                    enc = self.model.encode_media(**{MEDIA_KEYS[p.type]: x.to(device)})[p.type]
+                    enc = self.model.encode_media(**{by_name(p.type).key: x.to(device)})[p.type]
                 self.media_cache[key] = enc
                 self.stats["media_encoded"] += 1
                 if p.type == "image":

@@ -6,9 +6,9 @@ import torch
 
 from mmdialog.data.processor import IGNORE, Example
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import BATCH_KEYS
 
 LOSS_TURNS = ("all", "last", "weighted", "per_turn")
-MEDIA_FIELDS = ("images", "audios", "videos")
 
 
 def reply_spans(labels: torch.Tensor) -> list[tuple[int, int]]:
@@ -123,7 +123,7 @@ class Collator:
         if weighted:
             batch["loss_weights"] = weights
         order = [i for row in rows for i in row]  # media in order of appearance, row-major
-        for key in MEDIA_FIELDS:
+        for key in BATCH_KEYS:
             items = [getattr(examples[i], key) for i in order if getattr(examples[i], key) is not None]
             if items:
                 batch[key] = torch.cat(items)

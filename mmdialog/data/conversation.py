@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES
 
 Role = Literal["system", "user", "assistant"]
 ROLES = ("system", "user", "assistant")
@@ -101,6 +102,7 @@ class Video:
 
 
 Part = Union[Text, Image, Audio, Video]
+MEDIA_PARTS: dict[str, type] = {m.name: globals()[m.part] for m in MODALITIES}  # modality -> its Part class
 
 
 @dataclass
@@ -158,11 +160,11 @@ class Conversation:
                 for j, p in enumerate(t["parts"]):
                     if p["type"] == "text":
                         parts.append(Text(p["text"]))
-                    elif p["type"] in ("image", "audio", "video"):
+                    elif p["type"] in MEDIA_PARTS:
                         path = p["path"]
                         if root is not None and not Path(path).is_absolute():
                             path = str(Path(root) / path)
-                        parts.append({"image": Image, "audio": Audio, "video": Video}[p["type"]](path=path))
+                        parts.append(MEDIA_PARTS[p["type"]](path=path))
                     else:
                         raise MMDialogError(f"{where}: turn {i} part {j} has unknown type {p['type']!r}")
                 turns.append(Turn(t["role"], parts, t.get("weight", 1.0)))

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from mmdialog.data.conversation import Audio, Conversation, Part, Video
-from mmdialog.data.tokenizer import MEDIA_TOKENS, ChatTokenizer, TooLong
+from mmdialog.data.conversation import Audio, Conversation, Image, Part, Video
+from mmdialog.data.tokenizer import ChatTokenizer, TooLong
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES, NAMES, by_name
 
 IGNORE = -100
 
@@ -52,6 +53,20 @@ def image_to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
         pixels = np.asarray(PILImage.fromarray(pixels).resize((size, size), PILImage.BILINEAR))
     x = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).float()
     return x.div_(127.5).sub_(1.0)
+
+
+@dataclass
+class ImageTransform:
+    """An Image part -> (3, image_size, image_size) float in [-1, 1] (image_to_tensor)."""
+
+    image_size: int
+
+    @classmethod
+    def from_encoder(cls, enc) -> "ImageTransform":
+        return cls(enc.image_size)
+
+    def __call__(self, part: Image, where: str = "image") -> torch.Tensor:
+        return image_to_tensor(part.load(), self.image_size)
 
 
 def resample(wave_: torch.Tensor, orig_rate: int, new_rate: int, lowpass_width: int = 6,
@@ -108,6 +123,10 @@ class AudioTransform:
     sample_rate: int
     num_samples: int
 
+    @classmethod
+    def from_encoder(cls, enc) -> "AudioTransform":
+        return cls(enc.sample_rate, enc.num_samples)
+
     def __call__(self, part: Audio, where: str = "audio") -> torch.Tensor:
         name = part.path or "audio data"
         samples, rate = read_wav(part.read_bytes(), f"{where}: {name}")
@@ -144,6 +163,16 @@ def read_frames(path: str, where: str) -> np.ndarray:
     return np.stack(frames)
 
 
+def sample_frames(total: int, budget: int, where: str = "video") -> list[int]:
+    """Indices of `budget` frames spread evenly over a clip of `total`: the middle frame of each of
+    `budget` equal segments. A clip with fewer frames than the budget is an error naming both numbers."""
+    if budget < 1:
+        raise MMDialogError(f"the frame budget must be at least 1, got {budget}")
+    if total < budget:
+        raise MMDialogError(f"{where} has {total} frame(s), fewer than the {budget} the video encoder takes")
+    return [min(total - 1, int((i + 0.5) * total / budget)) for i in range(budget)]
+
+
 @dataclass
 class VideoTransform:
     """A Video part -> (num_frames, 3, size, size) float in [-1, 1], frames sampled evenly (sample_frames)."""
@@ -151,9 +180,11 @@ class VideoTransform:
     num_frames: int
     image_size: int
 
-    def __call__(self, part: Video, where: str = "video") -> torch.Tensor:
-        from mmdialog.encoders.video import sample_frames
+    @classmethod
+    def from_encoder(cls, enc) -> "VideoTransform":
+        return cls(enc.num_frames, enc.image_size)
 
+    def __call__(self, part: Video, where: str = "video") -> torch.Tensor:
         frames = read_frames(part.path, where) if part.path else None
         if frames is None:
             raise MMDialogError(f"{where}: a Video part has no path")
@@ -169,8 +200,8 @@ class MediaInput:
     transform: Callable[[Part, str], torch.Tensor] = field(repr=False)
 
 
-MEDIA_KEYS = {"image": "images", "audio": "audios", "video": "videos"}  # modality -> Example field / forward argument
-MEDIA_NOUNS = {"image": "image(s)", "audio": "audio clip(s)", "video": "video(s)"}
+# modality -> its transform class, as the modality table names it; from_encoder(enc) sizes it to the encoder's input
+TRANSFORMS: dict[str, type] = {m.name: globals()[m.transform] for m in MODALITIES}
 
 
 class Processor:
@@ -188,8 +219,7 @@ class Processor:
         self.max_length = max_length
         self.media: dict[str, MediaInput] = dict(media or {})
         if image_size is not None and image_tokens is not None:
-            self.media.setdefault("image", MediaInput(image_tokens, lambda p, where="image":
-                                                      image_to_tensor(p.load(), image_size)))
+            self.media.setdefault("image", MediaInput(image_tokens, ImageTransform(image_size)))
 
     @classmethod
     def for_model(cls, tokenizer: ChatTokenizer, model, max_length: int = 1024) -> "Processor":
@@ -200,10 +230,8 @@ class Processor:
             tokens = model.num_media_tokens(modality)
             if modality == "image":
                 image_size, image_tokens = enc.image_size, tokens
-            elif modality == "audio":
-                media["audio"] = MediaInput(tokens, AudioTransform(enc.sample_rate, enc.num_samples))
-            elif modality == "video":
-                media["video"] = MediaInput(tokens, VideoTransform(enc.num_frames, enc.image_size))
+            elif modality in TRANSFORMS:
+                media[modality] = MediaInput(tokens, TRANSFORMS[modality].from_encoder(enc))
         return cls(tokenizer, image_size=image_size, image_tokens=image_tokens, max_length=max_length, media=media)
 
     def media_tokens(self, modality: str) -> int:
@@ -228,11 +256,11 @@ class Processor:
             ph = self.tokenizer.media_ids[modality]
             found = ids.count(ph)
             if found != n:
-                raise MMDialogError(f"{where}: the text holds {found} {MEDIA_TOKENS[modality]} placeholder(s) but "
-                                    f"{n} {MEDIA_NOUNS[modality]} were given")
+                raise MMDialogError(f"{where}: the text holds {found} {by_name(modality).placeholder} placeholder(s) "
+                                    f"but {n} {by_name(modality).noun} were given")
             if n:
                 if modality not in self.media:
-                    raise MMDialogError(f"{where}: the conversation holds {n} {MEDIA_NOUNS[modality]} but this model "
+                    raise MMDialogError(f"{where}: the conversation holds {n} {by_name(modality).noun} but this model "
                                         f"has no {modality} encoder (it takes: {', '.join(self.media) or 'text only'})")
                 expand_to[ph] = self.media[modality].tokens
         out: list[int] = []
@@ -242,7 +270,7 @@ class Processor:
 
     def counts(self, conv: Conversation) -> dict[str, int]:
         """Media items by modality (every modality, 0 where absent)."""
-        return {m: len(conv.media(m)) for m in MEDIA_KEYS}
+        return {m: len(conv.media(m)) for m in NAMES}
 
     def expanded_ids(self, conv: Conversation, add_generation_prompt: bool = False, where: str = "conversation",
                      max_tokens: int | None = None) -> list[int]:
@@ -276,7 +304,7 @@ class Processor:
         if not parts:
             return None
         if modality not in self.media:
-            raise MMDialogError(f"{where}: the conversation holds {MEDIA_NOUNS[modality]} but this model has no "
+            raise MMDialogError(f"{where}: the conversation holds {by_name(modality).noun} but this model has no "
                                 f"{modality} encoder")
         transform = self.media[modality].transform
         return torch.stack([transform(p, f"{where}: {modality} {i}") for i, p in enumerate(parts)])
@@ -290,7 +318,7 @@ class Processor:
         if add_generation_prompt:  # the trailing <|assistant|> opens a reply that is not there yet
             labels[-1] = IGNORE
         return Example(torch.tensor(ids), torch.tensor(labels),
-                       **{key: self.media_tensor(conv, m, where) for m, key in MEDIA_KEYS.items()},
+                       **{m.key: self.media_tensor(conv, m.name, where) for m in MODALITIES},
                        weights=self.weights_for(conv, ids))
 
     def weights_for(self, conv: Conversation, ids: list[int]) -> torch.Tensor | None:

@@ -22,11 +22,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmdialog.data.conversation import Conversation
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES
 
 PAD, BOS = "<|pad|>", "<|bos|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 END = "<|end|>"
-MEDIA_TOKENS = {"image": "<|image|>", "audio": "<|audio|>", "video": "<|video|>"}
+MEDIA_TOKENS = {m.name: m.placeholder for m in MODALITIES}  # {"image": "<|image|>", ...}
 SPECIAL_TOKENS = [PAD, BOS, *ROLE_TOKENS.values(), END, *MEDIA_TOKENS.values()]
 
 # One placeholder per media item; the processor expands it to the encoder's token count.

@@ -26,9 +26,10 @@ from __future__ import annotations
 import torch
 
 from mmdialog.data.conversation import Conversation, Text, Turn
-from mmdialog.data.processor import MEDIA_KEYS, Processor
+from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import user_parts
+from mmdialog.modalities import by_name
 from mmdialog.model import MultimodalLM
 from mmdialog.modules.kv_cache import KVCache
 
@@ -118,7 +119,7 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
     def encode(part) -> torch.Tensor:
         if id(part) not in encoded:
             x = processor.media[part.type].transform(part, part.type)[None]  # (1, ...)
-            encoded[id(part)] = model.encode_media(**{MEDIA_KEYS[part.type]: x.to(device)})[part.type]
+            encoded[id(part)] = model.encode_media(**{by_name(part.type).key: x.to(device)})[part.type]
         return encoded[id(part)]
 
     def feed(new: list[list[int]], media_items: list[list], positions: list[int]) -> torch.Tensor:

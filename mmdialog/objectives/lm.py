@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmdialog.modalities import BATCH_KEYS
+
 IGNORE_INDEX = -100  # label of positions that carry no target (prompts, user turns, media, padding)
 
 
@@ -51,7 +53,7 @@ class NextTokenObjective(nn.Module):
         m = self.model
         batch = dict(batch)
         labels, weights = batch.pop("labels"), batch.pop("loss_weights", None)
-        media = m.encode_media(batch.pop("images", None), batch.pop("audios", None), batch.pop("videos", None))
+        media = m.encode_media(**{k: batch.pop(k, None) for k in BATCH_KEYS})
         hidden = m.hidden(batch.pop("input_ids"), media, **batch)  # (B, T, D)
         w = target_weights(labels, weights)  # (B, T)
         supervised = w > 0

@@ -38,10 +38,11 @@ from mmdialog.data.formats.common import MALFORMED, MISSING_MEDIA, MediaRoot, Re
 from mmdialog.data.formats.stream import iter_jsonl
 from mmdialog.data.processor import Example, Processor
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import NAMES
 
 CAPTION_PROMPT = "List the shapes in the picture."  # the world's own caption round asks "Describe the picture."
 USER_CAPTION_PROMPT = "Describe the picture."
-MODALITIES = ("image", "audio", "video")
+MODALITIES = NAMES  # a pair record names its media field by its modality
 
 
 @dataclass

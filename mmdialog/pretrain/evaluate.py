@@ -17,6 +17,7 @@ from mmdialog.data.conversation import Conversation, Text
 from mmdialog.data.formats.common import media_part
 from mmdialog.eval.contexts import Sequence
 from mmdialog.eval.teacher_forced import TeacherForcedScorer
+from mmdialog.modalities import BATCH_KEYS
 from mmdialog.objectives.lm import IGNORE_INDEX, shift_labels
 from mmdialog.pretrain.data import PairCollator, PairDataset, PairRecord, text_hash
 from mmdialog.pretrain.metrics import bleu4, cider_d, retrieval_metrics
@@ -88,10 +89,8 @@ def question_answering(model, processor, records: list[PairRecord], *, max_new_t
         for i in range(0, len(seqs), 64):
             batch = scorer.collate(examples[i:i + 64])
             labels = batch.pop("labels")
-            hidden = model.hidden(batch.pop("input_ids"), model.encode_media(images=batch.pop("images", None),
-                                                                            audios=batch.pop("audios", None),
-                                                                            videos=batch.pop("videos", None)),
-                                  attention_mask=batch["attention_mask"])
+            media = model.encode_media(**{k: batch.pop(k, None) for k in BATCH_KEYS})
+            hidden = model.hidden(batch.pop("input_ids"), media, attention_mask=batch["attention_mask"])
             first = (shift_labels(labels) != IGNORE_INDEX).float().argmax(1)
             pred = head(hidden[torch.arange(len(first)), first]).argmax(-1).tolist()
             gold = [answer_vocab.encode(s.conv.turns[-1].parts[0].text) for s in seqs[i:i + 64]]

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES
 from mmdialog.objectives.contrastive import ContrastiveHeads, gather_rows, global_share, info_nce, pool_media
 from mmdialog.objectives.lm import IGNORE_INDEX, lm_loss, shift_labels
 from mmdialog.objectives.masked import mask_tokens, masked_lm_loss
@@ -35,7 +36,7 @@ from mmdialog.objectives.matching import MatchingHead, matching_loss, mine_hard_
 from mmdialog.objectives.qa import AnswerHead, answer_class_loss
 
 OBJECTIVES = ("contrastive", "matching", "masked", "captioning", "qa")
-MEDIA_KEYS = {"images": "image", "audios": "audio", "videos": "video"}
+MEDIA_KEYS = {m.key: m.name for m in MODALITIES}  # batch key -> modality
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:

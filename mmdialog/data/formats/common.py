@@ -13,8 +13,9 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable
 
-from mmdialog.data.conversation import Audio, Image, Part, Text, Turn, Video
+from mmdialog.data.conversation import MEDIA_PARTS, Part, Text, Turn
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES, by_name
 
 NOT_JSON = "not valid JSON"
 MALFORMED = "malformed record"
@@ -105,17 +106,17 @@ class MediaRoot:
 
 # ----------------------------------------------------------------------------- tags in text
 
-TAGS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
-_TAG = re.compile(r"<(image|video|audio)>")
-_PLURAL = {"image": "image(s)", "video": "video(s)", "audio": "audio clip(s)"}
+TAGS = {m.name: m.tag for m in MODALITIES}  # {"image": "<image>", ...}
+_KIND = {m.tag: m.name for m in MODALITIES}
+_TAG = re.compile("|".join(map(re.escape, _KIND)))
 
 
 def count_tags(texts: Iterable[str], kinds: Iterable[str]) -> dict[str, int]:
     counts = {k: 0 for k in kinds}
     for text in texts:
         for m in _TAG.finditer(text):
-            if m.group(1) in counts:
-                counts[m.group(1)] += 1
+            if _KIND[m.group()] in counts:
+                counts[_KIND[m.group()]] += 1
     return counts
 
 
@@ -123,7 +124,7 @@ def check_tag_counts(tags: dict[str, int], media: dict[str, int], text_field: st
     for kind, n_tags in tags.items():
         if n_tags != media[kind]:
             raise RecordError(TAG_COUNT, f"{n_tags} {TAGS[kind]} tag(s) in {text_field} but {media[kind]} "
-                                         f"{_PLURAL[kind]} in {media_fields[kind]}")
+                                         f"{by_name(kind).noun} in {media_fields[kind]}")
 
 
 def split_tags(text: str, media: dict[str, deque]) -> list[Part]:
@@ -132,11 +133,11 @@ def split_tags(text: str, media: dict[str, deque]) -> list[Part]:
     parts: list[Part] = []
     pos = 0
     for m in _TAG.finditer(text):
-        if m.group(1) not in media:
+        if _KIND[m.group()] not in media:
             continue
         if m.start() > pos:
             parts.append(Text(text[pos:m.start()]))
-        parts.append(media[m.group(1)].popleft())
+        parts.append(media[_KIND[m.group()]].popleft())
         pos = m.end()
     if pos < len(text):
         parts.append(Text(text[pos:]))
@@ -149,7 +150,7 @@ def join_tags(parts: list[Part], media: dict[str, list[Part]], where: str) -> st
     for p in parts:
         if isinstance(p, Text):
             m = _TAG.search(p.text)
-            if m and m.group(1) in media:
+            if m and _KIND[m.group()] in media:
                 raise MMDialogError(f"{where}: the text {p.text!r} holds the tag {m.group()}, which this format "
                                     "reads as a media item")
             out.append(p.text)
@@ -162,7 +163,7 @@ def join_tags(parts: list[Part], media: dict[str, list[Part]], where: str) -> st
 
 
 def media_part(kind: str, path: str) -> Part:
-    return {"image": Image, "audio": Audio, "video": Video}[kind](path=path)
+    return MEDIA_PARTS[kind](path=path)
 
 
 # ----------------------------------------------------------------------------- roles and replies

@@ -24,6 +24,7 @@ from mmdialog.data.formats.stream import RawRecord, iter_jsonl_offsets, iter_rec
 from mmdialog.data.formats.validate import Checks, check_conversation
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import MODALITIES
 
 FORMATS = {m.NAME: m for m in (llava, sharegpt, openai)}
 DETECT_RECORDS = 32  # records `auto` looks at
@@ -43,7 +44,7 @@ def detect_format(values: list, path: Path) -> str:
         contents = [m.get("content", m.get("value")) for m in msgs]
         if any(isinstance(c, list) for c in contents):
             return "openai"
-        if any(isinstance(c, str) and any(t in c for t in ("<image>", "<video>", "<audio>")) for c in contents) \
+        if any(isinstance(c, str) and any(mod.tag in c for mod in MODALITIES) for c in contents) \
                 or any("from" in m for m in msgs):
             return "sharegpt"
         return "openai"

@@ -19,12 +19,15 @@ from mmdialog.data.formats.common import (
     field_name, join_tags, map_role, media_part, message_weight, split_tags,
 )
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import by_name
 
 NAME = "sharegpt"
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 WRITE_ROLES = {("role", "content"): {"user": "user", "assistant": "assistant", "system": "system"},
                ("from", "value"): {"user": "human", "assistant": "gpt", "system": "system"}}
-LISTS = {"image": "images", "video": "videos", "audio": "audios"}
+# modality -> the record's path list, named like the batch key; in the layout's order (images, videos, audios),
+# which the written records keep
+LISTS = {n: by_name(n).key for n in ("image", "video", "audio")}
 
 
 def from_record(rec, media: MediaRoot) -> Conversation:

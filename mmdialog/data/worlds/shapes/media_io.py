@@ -17,19 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdialog.data.conversation import Audio, Conversation, Image, Text, Video
+from mmdialog.data.conversation import MEDIA_PARTS, Conversation, Text
 from mmdialog.data.worlds.shapes.beeps import CLIP_SECONDS, PITCHES, SAMPLE_RATE, Beeps, encode_wav, waveform
 from mmdialog.data.worlds.shapes.media import FAMILIES, KINDS, MODALITIES, REFS, generate_media_dialogue
 from mmdialog.data.worlds.shapes.motion import CLIP_FRAMES, FRAME_MS, Clip, clip_frames
 from mmdialog.data.worlds.shapes.render import encode_apng, encode_png, render
 from mmdialog.data.worlds.shapes.scene import Draws, Scene, check_image_size
 from mmdialog.errors import MMDialogError
+from mmdialog.modalities import by_name
 
 MEDIA_DIR = "media"
 SPLIT_IDS = {"train": 6, "val": 7, "test": 8}  # seeds apart from the picture world's splits (heldout.SPLIT_IDS)
 P_MOTION = 1 / 3  # share of motion dialogues (a clip first) when the world has video
-TAGS = {"image": "<image>", "audio": "<audio>", "video": "<video>"}
-LISTS = {"image": "images", "audio": "audios", "video": "videos"}
+TAGS = {m: by_name(m).tag for m in MODALITIES}  # the ShareGPT-style tags and path lists (mmdialog.modalities)
+LISTS = {m: by_name(m).key for m in MODALITIES}
 FOLDERS = {"image": ("images", ".png"), "audio": ("audio", ".wav"), "video": ("video", ".png")}  # video: APNG
 VALUE_KEYS = {"image": "scene", "audio": "beeps", "video": "clip"}
 
@@ -260,10 +261,9 @@ def media_conversation(record: dict, world_dir) -> Conversation:
     """The dialogue as a Conversation: each round's media (in order) open its user turn, then the question.
     The same conversation the ShareGPT reader makes of the record (with WORLD/media as the media root)."""
     root = (Path(world_dir) / MEDIA_DIR).resolve()
-    parts = {"image": Image, "audio": Audio, "video": Video}
     conv = Conversation(meta={"id": record["id"], "kind": record["kind"], "rounds": record["rounds"]})
     for rd in record["rounds"]:
-        items = [parts[record["media"][k]["type"]](path=str(root / record["media"][k]["path"])) for k in rd["media"]]
+        items = [MEDIA_PARTS[m["type"]](path=str(root / m["path"])) for m in (record["media"][k] for k in rd["media"])]
         conv.add("user", *items, Text(rd["question"]))
         conv.add("assistant", rd["answer"])
     return conv
