@@ -216,7 +216,7 @@ def main(argv=None) -> None:
 
 
 def _short_eval(ev: dict) -> str:
-    from mmdialog.pretrain.run import summary_line
+    from mmdialog.pretrain.evaluate import summary_line
 
     return summary_line(ev) if ev else "not evaluated"
 

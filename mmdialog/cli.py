@@ -1,5 +1,6 @@
-"""`mmdialog {demo,world,train,eval,explain,report,experiment,chat,serve,...}`: one function per subcommand;
-errors print one clear line."""
+"""`mmdialog {demo,world,train,pretrain,eval,explain,report,experiment,chat,data,export,serve}`: the flags of each
+subcommand, and one function per subcommand that calls what does the work (a recipe in mmdialog/recipes/ or a
+package's function) with them; errors print one clear line."""
 
 from __future__ import annotations
 
@@ -33,96 +34,15 @@ def cmd_world(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from mmdialog.data.dataset import report_skipped
-    from mmdialog.demo import ensure_world
-    from mmdialog.modelio import world_meta
-    from mmdialog.train.checkpoint import latest_training_checkpoint
-    from mmdialog.train.distributed import destroy_distributed, init_distributed
-    from mmdialog.train.trainer import prepare, resolve_device, train
+    from mmdialog.recipes.train import main
 
-    cfg = _config(args)
-    out = Path(args.out)
-    # under torchrun: join the group first; process 0 writes the world while the others wait for it
-    dist = init_distributed(resolve_device(cfg.train.device).type)
-    try:
-        world = None
-        if not cfg.data.train_file:
-            if dist.is_main:
-                world = ensure_world(cfg, out, progress=dist.is_main)
-            dist.barrier()
-            world = world or ensure_world(cfg, out)
-        tokenizer = None
-        latest = latest_training_checkpoint(out / "checkpoints") if args.resume else None
-        if latest is not None:  # the run's own tokenizer, whatever the data would train now
-            from mmdialog.data.tokenizer import ChatTokenizer
-
-            tokenizer = ChatTokenizer.load(latest)
-        tokenizer, model, _, dataset = prepare(cfg, world, progress=dist.is_main, tokenizer=tokenizer)
-        if len(dataset) < cfg.train.batch_size:
-            raise MMDialogError(f"{len(dataset)} usable conversations, fewer than train.batch_size={cfg.train.batch_size}; "
-                                + dataset.report())
-        _check_same(dist, tokenizer)
-        meta = {"data": _data_files(cfg)} if world is None else world_meta(world)
-        log = print if dist.is_main else (lambda *a, **k: None)
-        result = train(cfg, model, tokenizer, dataset, out, meta=meta, resume=args.resume, dist=dist,
-                       progress=dist.is_main, log=log)
-    finally:
-        destroy_distributed()
-    if not dist.is_main:
-        return 143 if result.stopped else 0
-    if result.stopped:
-        print(f"stopped by {result.stopped} at step {result.steps}; continue with: mmdialog train ... --resume")
-        return 143  # 128 + SIGTERM: the job did not finish
-    print(f"trained {result.steps} steps in {result.wall_seconds:.0f}s, final loss {result.final_loss:.4f}; "
-          f"checkpoint: {out / 'checkpoint'}")
-    report_skipped(dataset.skipped, out / "skipped.jsonl")
-    return 0
+    return main(_config(args), args.out, resume=args.resume)
 
 
 def cmd_pretrain(args) -> int:
-    from mmdialog.pretrain.run import run_pretrain, summary_line
-    from mmdialog.train.distributed import destroy_distributed, init_distributed
-    from mmdialog.train.trainer import resolve_device
+    from mmdialog.recipes.pretrain import main
 
-    cfg = _config(args, default=PRETRAIN_CONFIG)
-    dist = init_distributed(resolve_device(cfg.train.device).type)
-    try:
-        m = run_pretrain(cfg, Path(args.out), resume=args.resume, dist=dist, progress=dist.is_main,
-                         log=print if dist.is_main else (lambda *a, **k: None))
-    finally:
-        destroy_distributed()
-    if not dist.is_main:
-        return 0
-    t = m["train"]
-    if t["stopped"]:
-        print(f"stopped by {t['stopped']} at step {t['steps']}; continue with: mmdialog pretrain ... --resume")
-        return 143
-    print(f"pretrained {t['steps']} steps in {t['wall_seconds']:.0f}s, final loss {t['final_loss']:.4f}; "
-          f"checkpoint: {Path(args.out) / 'checkpoint'} (fine-tune it with train.init_from=...)")
-    if "eval" in m:
-        print("held-out " + summary_line(m["eval"]))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and plots.png")
-    return 0
-
-
-def _check_same(dist, tokenizer) -> None:
-    """Every process must have built the same tokenizer (and so the same vocabulary and data)."""
-    if not dist.enabled:
-        return
-    import hashlib
-
-    digest = hashlib.sha1(tokenizer.tok.to_str().encode()).hexdigest()
-    digests = dist.gather(digest)
-    if len(set(digests)) > 1:
-        raise MMDialogError(f"the processes built different tokenizers ({digests}); pass data.tokenizer=DIR")
-
-
-def _data_files(cfg):
-    """meta's "data": the training file's path, or the list of them (data.train_file: several, or a glob)."""
-    from mmdialog.data.formats import expand_files
-
-    files = [str(p.resolve()) for p in expand_files(cfg.data.train_file)]
-    return files[0] if isinstance(cfg.data.train_file, str) and len(files) == 1 else files
+    return main(_config(args, default=PRETRAIN_CONFIG), args.out, resume=args.resume)
 
 
 def cmd_eval(args) -> None:
@@ -149,31 +69,10 @@ def cmd_eval(args) -> None:
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
 
 
-def _world_of(ck, world: str | None) -> Path:
-    if not world and ck.meta.get("world_missing"):
-        raise MMDialogError(f"the checkpoint was trained on the world at {ck.meta['world_missing']}, which is not there "
-                            "(was the run moved or copied without it?); pass --world DIR")
-    w = Path(world or ck.meta.get("world", ""))
-    if not (w / "world.json").is_file():
-        raise MMDialogError(f"no world at {w!s}; pass --world DIR")
-    return w
-
-
 def cmd_explain(args) -> None:
-    from mmdialog.data.worlds.shapes import load_split
-    from mmdialog.explain import explain_dialogue
-    from mmdialog.modelio import load_any
+    from mmdialog.explain import explain_checkpoint
 
-    ck = load_any(args.checkpoint)
-    world = _world_of(ck, args.world)
-    split = args.split or args.dialogue.rsplit("-", 1)[0]
-    records = load_split(world, split)
-    match = [r for r in records if r["id"] == args.dialogue]
-    if not match:
-        raise MMDialogError(f"no dialogue {args.dialogue!r} in {world / (split + '.jsonl')} "
-                            f"(ids run {records[0]['id']} .. {records[-1]['id']})" if records else f"{split} is empty")
-    result = explain_dialogue(ck.model, ck.processor, match[0], world, args.out,
-                              max_new_tokens=ck.config.eval.max_new_tokens)
+    result = explain_checkpoint(args.checkpoint, args.dialogue, args.out, world=args.world, split=args.split)
     print(f"wrote {Path(args.out) / 'explain.md'}: " + ", ".join(result["files"]))
 
 
@@ -183,23 +82,18 @@ def cmd_report(args) -> None:
     print(f"wrote {build_report(args.runs, args.out)}")
 
 
-def cmd_experiment(args) -> None:
-    from mmdialog.eval.experiment import run_experiment
-
+def cmd_experiment(args) -> int:
     cfg = _config(args)
     if args.name == "fusion":
-        from mmdialog.eval.fusion_experiment import run_fusion_experiment
+        from mmdialog.recipes.fusion_experiment import main
 
-        s = run_fusion_experiment(cfg, Path(args.out), budget_minutes=args.budget_minutes, seeds=args.seeds or [0],
-                                  fusions=tuple(args.fusions), eval_dialogues=args.eval_dialogues)
-        print(f"wrote {Path(args.out) / 'fusion.md'}, fusion.json, fusion.png, report.html "
-              f"({s['settings']['wall_seconds']:.0f}s)")
-        return
-    s = run_experiment(cfg, Path(args.out), budget_minutes=args.budget_minutes, seeds=args.seeds or [0, 1],
-                       variants=tuple(args.variants), policies=tuple(args.policies), eval_dialogues=args.eval_dialogues,
-                       own_dialogues=args.own_dialogues)
-    print(f"wrote {Path(args.out) / 'experiment.md'}, experiment.json, experiment.png, report.html "
-          f"({s['settings']['wall_seconds']:.0f}s)")
+        return main(cfg, args.out, budget_minutes=args.budget_minutes, seeds=args.seeds or [0],
+                    fusions=tuple(args.fusions), eval_dialogues=args.eval_dialogues)
+    from mmdialog.recipes.experiment import main
+
+    return main(cfg, args.out, budget_minutes=args.budget_minutes, seeds=args.seeds or [0, 1],
+                variants=tuple(args.variants), policies=tuple(args.policies), eval_dialogues=args.eval_dialogues,
+                own_dialogues=args.own_dialogues)
 
 
 def cmd_chat(args) -> None:
@@ -230,24 +124,10 @@ def cmd_serve(args) -> None:
 
 
 def cmd_data_check(args) -> int:
-    from mmdialog.data.formats import Checks, DataFile
+    from mmdialog.recipes.data_check import main
 
-    processor, modalities = None, None
-    if args.checkpoint:
-        from mmdialog.modelio import load_any
-
-        ck = load_any(args.checkpoint)
-        processor, modalities = ck.processor, frozenset(ck.model.encoders)
-    checks = Checks(max_length=args.max_length, processor=processor, modalities=modalities)
-    reports = [DataFile(f, args.format, media_root=args.media_root).check(checks) for f in args.files]
-    if args.json:
-        summary = {"records": sum(r.records for r in reports), "valid": sum(r.valid for r in reports),
-                   "invalid": [{"file": r.file, **i} for r in reports for i in r.to_dict()["invalid"]],
-                   "files": [r.to_dict() for r in reports]}
-        print(json.dumps(summary, indent=2))
-    else:
-        print("\n".join(r.text() for r in reports))
-    return 1 if any(r.invalid for r in reports) else 0
+    return main(args.files, fmt=args.format, media_root=args.media_root, max_length=args.max_length,
+                checkpoint=args.checkpoint, as_json=args.json)
 
 
 def cmd_export(args) -> None:
@@ -258,43 +138,10 @@ def cmd_export(args) -> None:
           + ", ".join(s["files"]))
 
 
-def demo_checks(m: dict) -> str:
-    """The figures the demo is judged by, on one line each: the memory family, the own-history gap, what the
-    picture is worth at distance 0 (full minus no_media), and each held-out split."""
-    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    acc = m["accuracy"]
-    lines = [f"memory family {f(acc['by_family'].get('memory'))}"]
-    if m.get("gap"):
-        own = m["modes"]["own_history"]["accuracy"]["overall"]
-        gold = m["modes"]["gold_history_same_dialogues"]["accuracy"]["overall"]
-        lines.append(f"on {m['gap']['dialogues']} dialogues: gold history {f(gold)}, own history {f(own)}, "
-                     f"gap {f(m['gap'].get('overall'))}")
-    nm = (m.get("ablations") or {}).get("no_media")
-    same = (m.get("modes") or {}).get("gold_history_ablation_dialogues", m["modes"]["gold_history"])
-    if nm:
-        d0, n0 = same["accuracy"]["by_distance"].get("0"), nm["accuracy"]["by_distance"].get("0")
-        lines.append(f"distance 0: full {f(d0)}, no_media {f(n0)}, the picture is worth "
-                     f"{f(d0 - n0) if d0 is not None and n0 is not None else 'n/a'}")
-    for name, h in (m.get("heldout") or {}).items():
-        lines.append(f"{name} {f((h.get('accuracy') or {}).get('overall'))}"
-                     + (f" ({h['skipped']} dialogues too long, skipped)" if h.get("skipped") else ""))
-    return "\n".join(lines)
+def cmd_demo(args) -> int:
+    from mmdialog.recipes.demo import main
 
-
-def cmd_demo(args) -> None:
-    from mmdialog.demo import run_demo
-
-    cfg = _config(args)
-    m = run_demo(cfg, Path(args.out))
-    acc = m["accuracy"]
-    print(f"\naccuracy overall {acc['overall']:.3f}; by distance "
-          + ", ".join(f"{k}: {v:.3f}" for k, v in acc["by_distance"].items() if v is not None)
-          + f"; needs history {acc['needs_history']:.3f}")
-    print(demo_checks(m))
-    print(f"train: {m['train']['steps']} steps, {m['train']['wall_seconds']:.0f}s, {m['train']['tokens_per_second']:.0f} tokens/s "
-          f"in {m['train'].get('precision') or '?'}; "
-          f"model: {m['model']['parameters']:,} parameters")
-    print(f"wrote {args.out}/metrics.json, summary.md, transcript.md, plots.png, explain/, report.html, checkpoint/")
+    return main(_config(args), args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""The package's modules import each other without a cycle (function-level imports included, imports for type
-checkers only left out): each layer can be read, tested and replaced without the ones above it."""
+"""The package's modules import each other without a cycle and only downwards, layer by layer (function-level
+imports included, imports for type checkers only left out): each layer can be read, tested and replaced without
+the ones above it."""
 
 import ast
 from pathlib import Path
@@ -26,20 +27,30 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def imports_of(path: Path, mods: dict[str, Path]) -> set[str]:
-    """The package's modules a file imports; `from pkg import submodule` counts as the submodule only."""
+def import_lines(path: Path, mods: dict[str, Path]) -> dict[str, int]:
+    """The package's modules a file imports, each with the line of its first import; `from pkg import submodule`
+    counts as the submodule only."""
     tree = ast.parse(path.read_text())
     skip = _type_checking_lines(tree)
-    deps = set()
+    deps: dict[str, int] = {}
     for node in ast.walk(tree):
         if getattr(node, "lineno", None) in skip:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mmdialog"):
             subs = {f"{node.module}.{a.name}" for a in node.names} & set(mods)
-            deps |= subs if len(subs) == len(node.names) else subs | {node.module}
+            names = subs if len(subs) == len(node.names) else subs | {node.module}
         elif isinstance(node, ast.Import):
-            deps |= {a.name for a in node.names if a.name in mods}
-    return deps & set(mods)
+            names = {a.name for a in node.names if a.name in mods}
+        else:
+            continue
+        for name in names & set(mods):
+            deps[name] = min(deps.get(name, node.lineno), node.lineno)
+    return deps
+
+
+def imports_of(path: Path, mods: dict[str, Path]) -> set[str]:
+    """The package's modules a file imports."""
+    return set(import_lines(path, mods))
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -76,3 +87,68 @@ def test_the_package_has_no_import_cycle():
     assert graph["mmdialog.cli"], "the walk finds the CLI's imports"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The layers, bottom first. A module may import from its own layer and the layers below it, never from one above.
+# The name is the top-level module or package under mmdialog/ ("mmdialog" is the package's own __init__).
+LAYERS: list[tuple[str, set[str]]] = [
+    ("foundation", {"mmdialog", "errors", "config", "registry", "modalities"}),  # errors, config schema, registries
+    ("data", {"data"}),  # conversations, tokenizer, processor, formats, the world: nothing of the model
+    ("modules", {"modules"}),
+    ("parts", {"encoders", "fusion", "decoders"}),
+    ("objectives", {"objectives"}),  # the losses; model.forward computes the LM loss with objectives.lm
+    ("model", {"model"}),
+    ("model I/O, chat", {"modelio", "chat"}),
+    ("eval, serve, explain, pretrain", {"eval", "serve", "explain", "pretrain"}),
+    ("train", {"train"}),  # validates with eval's teacher-forced scorer (train/validation.py); eval never trains
+    ("recipes", {"recipes"}),
+    ("cli", {"cli", "__main__"}),
+]
+# (importer, imported) pairs allowed to point up, each with its reason. None today.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
+
+
+def top_level(module: str) -> str:
+    """mmdialog.data.formats.reader -> data; mmdialog -> mmdialog."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(lines: dict[str, dict[str, int]], layers: list[tuple[str, set[str]]],
+                   allowed=frozenset()) -> list[str]:
+    """Every import from a higher layer, as "importer:line imports module (layer a -> layer b)"."""
+    rank = {name: i for i, (_, names) in enumerate(layers) for name in names}
+    found = []
+    for importer, deps in sorted(lines.items()):
+        a = rank[top_level(importer)]
+        for dep, line in sorted(deps.items()):
+            b = rank[top_level(dep)]
+            if b > a and (importer, dep) not in allowed:
+                found.append(f"{importer}:{line} imports {dep} (layer {layers[a][0]} -> {layers[b][0]})")
+    return found
+
+
+def test_upward_imports_are_found_with_their_line():
+    layers = [("low", {"a"}), ("high", {"b"})]
+    lines = {"mmdialog.a.x": {"mmdialog.b": 7}, "mmdialog.b": {"mmdialog.a.x": 3}}
+    assert upward_imports(lines, layers) == ["mmdialog.a.x:7 imports mmdialog.b (layer low -> high)"]
+    assert upward_imports(lines, layers, allowed={("mmdialog.a.x", "mmdialog.b")}) == []
+
+
+def test_every_part_of_the_package_has_a_layer():
+    mods = module_names()
+    placed = [name for _, names in LAYERS for name in names]
+    assert len(placed) == len(set(placed)), "a name is in two layers"
+    unplaced = sorted({top_level(m) for m in mods} - set(placed))
+    assert not unplaced, f"give these a layer in LAYERS: {unplaced}"
+
+
+def test_imports_only_point_down():
+    mods = module_names()
+    lines = {name: {d: n for d, n in import_lines(path, mods).items() if d != name} for name, path in mods.items()}
+    assert lines["mmdialog.recipes.demo"], "the walk finds the recipes' imports"
+    stale = [pair for pair in ALLOWED_UPWARD if pair[1] not in lines.get(pair[0], {})]
+    assert not stale, f"ALLOWED_UPWARD names imports that are gone: {stale}"
+    up = upward_imports(lines, LAYERS, allowed=set(ALLOWED_UPWARD))
+    assert not up, ("imports from a higher layer (move what is imported down to a layer the importer may use):\n"
+                    + "\n".join(up))

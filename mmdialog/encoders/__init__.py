@@ -16,8 +16,8 @@ from mmdialog.encoders.audio import AudioCNNEncoder, AudioTransformerEncoder, Lo
 from mmdialog.encoders.hf import HFTextEncoder, HFVisionEncoder, WhisperEncoderAdapter
 from mmdialog.encoders.image import ResNetEncoder, ViTEncoder
 from mmdialog.encoders.text import BertEncoder, mean_pool
-from mmdialog.encoders.video import FrameTemporalEncoder, TubeletEncoder, sample_frames
+from mmdialog.encoders.video import FrameTemporalEncoder, TubeletEncoder
 
 __all__ = ["AudioCNNEncoder", "AudioTransformerEncoder", "BertEncoder", "FrameTemporalEncoder", "HFTextEncoder",
            "HFVisionEncoder", "LogMel", "ResNetEncoder", "TubeletEncoder", "ViTEncoder", "WhisperEncoderAdapter",
-           "mean_pool", "sample_frames"]
+           "mean_pool"]

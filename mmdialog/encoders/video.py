@@ -1,7 +1,7 @@
 """Video encoders: frames through an image encoder plus a temporal transformer, or 3D tubelet patches.
 
-Both take (N, F, 3, H, W) frames normalised to [-1, 1], F = num_frames fixed (the processor samples
-that many frames evenly over a clip with sample_frames, the frame budget), and give (N, num_tokens, dim).
+Both take (N, F, 3, H, W) frames normalised to [-1, 1], F = num_frames fixed (the processor samples that many
+frames evenly over a clip with data/processor.py's sample_frames, the frame budget), and give (N, num_tokens, dim).
 """
 
 from __future__ import annotations
@@ -15,16 +15,6 @@ import torch.nn.functional as F
 from mmdialog.encoders.common import check_input, encoder_blocks, init_linear, select_levels
 from mmdialog.errors import MMDialogError
 from mmdialog.registry import ENCODERS
-
-
-def sample_frames(total: int, budget: int, where: str = "video") -> list[int]:
-    """Indices of `budget` frames spread evenly over a clip of `total`: the middle frame of each of
-    `budget` equal segments. A clip with fewer frames than the budget is an error naming both numbers."""
-    if budget < 1:
-        raise MMDialogError(f"the frame budget must be at least 1, got {budget}")
-    if total < budget:
-        raise MMDialogError(f"{where} has {total} frame(s), fewer than the {budget} the video encoder takes")
-    return [min(total - 1, int((i + 0.5) * total / budget)) for i in range(budget)]
 
 
 @ENCODERS.register("video_frames")

@@ -1,7 +1,7 @@
 """Interpretability: where a model's answers look, written as PNGs, JSON and a markdown report.
 
-`mmdialog explain --checkpoint CKPT --dialogue ID --out DIR` (or `explain_dialogue`) runs one teacher-forced
-pass over a dialogue with its gold history and writes:
+`mmdialog explain --checkpoint CKPT --dialogue ID --out DIR` (explain_checkpoint; or `explain_dialogue` on a
+model in hand) runs one teacher-forced pass over a dialogue with its gold history and writes:
 
     DIR/attention_rounds.png   per answer: attention to the image, to each earlier round, to the current
                                question and to its own reply so far; one panel per decoder layer and the
@@ -129,6 +129,24 @@ def explain_dialogue(model: MultimodalLM, processor: Processor, record: dict, wo
                  f"the fusion ({type(model.fusion).__name__}) exposes no gates or weights (no explain_values())",
                  image_note=image_note)
     return result
+
+
+def explain_checkpoint(checkpoint: str | Path, dialogue: str, out: str | Path, *, world: str | None = None,
+                       split: str | None = None) -> dict:
+    """`mmdialog explain`: explain_dialogue on the dialogue called `dialogue` (e.g. test-00012) of a checkpoint
+    or export, from `world` (default: the world it was trained on) and `split` (default: from the id)."""
+    from mmdialog.data.worlds.shapes import load_split
+    from mmdialog.modelio import load_any, world_of
+
+    ck = load_any(checkpoint)
+    world = world_of(ck, world)
+    split = split or dialogue.rsplit("-", 1)[0]
+    records = load_split(world, split)
+    match = [r for r in records if r["id"] == dialogue]
+    if not match:
+        raise MMDialogError(f"no dialogue {dialogue!r} in {world / (split + '.jsonl')} "
+                            f"(ids run {records[0]['id']} .. {records[-1]['id']})" if records else f"{split} is empty")
+    return explain_dialogue(ck.model, ck.processor, match[0], world, out, max_new_tokens=ck.config.eval.max_new_tokens)
 
 
 def write_report(result: dict, record: dict, path: Path, gates_note: str | None, image_note: str | None) -> None:

@@ -141,3 +141,15 @@ def locate_world(meta: dict, checkpoint: Path) -> None:
             meta["world"] = str(found.parent)
             return
     meta["world_missing"] = str(named)
+
+
+def world_of(ck: Loaded, world: str | None = None) -> Path:
+    """The world directory `world` names, else the one the loaded checkpoint was trained on (as locate_world
+    found it); where there is none, an error that asks for --world DIR."""
+    if not world and ck.meta.get("world_missing"):
+        raise MMDialogError(f"the checkpoint was trained on the world at {ck.meta['world_missing']}, which is not there "
+                            "(was the run moved or copied without it?); pass --world DIR")
+    w = Path(world or ck.meta.get("world", ""))
+    if not (w / "world.json").is_file():
+        raise MMDialogError(f"no world at {w!s}; pass --world DIR")
+    return w

@@ -6,13 +6,21 @@
   pair's caption, and the share of distinct captions (one caption for every picture: the media are ignored);
 - QA: exact-match accuracy of the greedy answer (teacher forced: the same verdict as generating, see
   eval/teacher_forced.py), and of the answer head over the closed answer set when there is one.
+
+evaluate_pretrained runs those the mixture trained, summary_line puts them on one line and plot_pretrain
+draws them beside each objective's training loss (OUT/plots.png).
 """
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import torch
 from tqdm import tqdm
 
+from mmdialog.config import Config
 from mmdialog.data.conversation import Conversation, Text
 from mmdialog.data.formats.common import media_part
 from mmdialog.eval.contexts import Sequence
@@ -97,3 +105,85 @@ def question_answering(model, processor, records: list[PairRecord], *, max_new_t
             right += sum(p == g for p, g in zip(pred, gold))
         out["head_accuracy"] = right / len(seqs)
     return out
+
+
+def evaluate_pretrained(model, heads, processor, records: list[PairRecord], cfg: Config, weights: dict,
+                        answer_vocab=None, progress: bool = True, log=print) -> dict:
+    model.eval()
+    heads.eval()
+    t = time.perf_counter()
+    held = PairDataset.build(records, processor, desc="processing held-out pairs", progress=progress)
+    out: dict = {"pairs": len(held), "skipped": len(held.skipped)}
+    usable = set(held.ids)
+    records = [r for r in records if r.id in usable]
+    if hasattr(heads, "contrastive"):
+        out["retrieval"] = retrieval(model, heads, held, processor.tokenizer.pad_id)
+    if "captioning" in weights:
+        out["captioning"] = captioning(model, processor, records, cfg.pretrain.max_caption_tokens, progress=progress)
+    if "qa" in weights:
+        out["qa"] = question_answering(model, processor, records,
+                                       max_new_tokens=cfg.eval.max_new_tokens, heads=heads, answer_vocab=answer_vocab)
+    out["seconds"] = round(time.perf_counter() - t, 1)
+    log("held-out: " + summary_line(out))
+    return out
+
+
+def summary_line(ev: dict) -> str:
+    parts = []
+    if "retrieval" in ev:
+        r = ev["retrieval"]
+        parts.append("retrieval media->text R@1/5/10 " + "/".join(f"{r['media_to_text'][f'r@{k}']:.2f}" for k in (1, 5, 10))
+                     + ", text->media " + "/".join(f"{r['text_to_media'][f'r@{k}']:.2f}" for k in (1, 5, 10)))
+    if ev.get("captioning", {}).get("bleu4") is not None:
+        c = ev["captioning"]
+        parts.append(f"BLEU-4 {c['bleu4']:.3f}, CIDEr {c['cider']:.3f}"
+                     + (f", distinct captions {c['distinct_captions']:.2f}" if "distinct_captions" in c else ""))
+    if ev.get("qa", {}).get("accuracy") is not None:
+        parts.append(f"QA accuracy {ev['qa']['accuracy']:.3f}"
+                     + (f" (head {ev['qa']['head_accuracy']:.3f})" if "head_accuracy" in ev["qa"] else ""))
+    return f"{ev['pairs']} pairs: " + "; ".join(parts)
+
+
+def plot_pretrain(log_path: Path, metrics: dict, path: Path) -> Path | None:
+    """Each objective's training loss (left) and the held-out metrics (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        rows = []
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("contrastive", "matching", "masked", "captioning", "qa"):
+        pts = [(r["step"], r[name]) for r in rows if name in r]
+        if pts:
+            ax1.plot(*zip(*pts), label=name)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.set_title("pretraining losses")
+    ax1.legend(fontsize=8)
+    ev = metrics.get("eval", {})
+    bars = {}
+    for d, short in (("media_to_text", "m->t"), ("text_to_media", "t->m")):
+        for k in (1, 5, 10):
+            if "retrieval" in ev:
+                bars[f"{short} R@{k}"] = ev["retrieval"][d][f"r@{k}"]
+    if ev.get("captioning", {}).get("bleu4") is not None:
+        bars["BLEU-4"] = ev["captioning"]["bleu4"]
+        bars["CIDEr/10"] = ev["captioning"]["cider"] / 10
+    if ev.get("qa", {}).get("accuracy") is not None:
+        bars["QA acc"] = ev["qa"]["accuracy"]
+    if bars:
+        b = ax2.bar(list(bars), list(bars.values()), color="#4878cf")
+        for rect, v in zip(b, bars.values()):
+            ax2.text(rect.get_x() + rect.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+        ax2.tick_params(axis="x", rotation=45, labelsize=7)
+    ax2.set_ylim(0, 1.1)
+    ax2.set_title(f"held-out ({ev.get('pairs', 0)} pairs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -19,7 +19,7 @@ The text tower (pretrain.text_tower) gives the contrastive text embedding:
 
 The heads (projections, temperature, matching head, answer head, text encoder) are a module attached to the
 model as `model.pretrain_heads` during training, so that the trainer optimises, checkpoints and resumes them
-with the model; run.py takes them off before the model is saved for fine-tuning.
+with the model; the recipe (recipes/pretrain.py) takes them off before the model is saved for fine-tuning.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from PIL import Image as PILImage
 
 from mmdialog.data.collate import Collator
 from mmdialog.data.conversation import Conversation, Image
-from mmdialog.data.processor import IGNORE, Processor
+from mmdialog.data.processor import IGNORE, Processor, sample_frames
 from mmdialog.errors import MMDialogError
 
 
@@ -76,3 +76,11 @@ def test_collator_pads_and_documents_keys(processor, tokenizer):
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
     assert batch["images"].shape == (1, 3, 32, 32)
     assert torch.equal(batch["input_ids"][1, : len(b.input_ids)], b.input_ids)
+
+
+def test_frame_sampler_keeps_the_budget_and_spreads_evenly():
+    assert sample_frames(8, 4) == [1, 3, 5, 7]
+    assert sample_frames(4, 4) == [0, 1, 2, 3]
+    assert sample_frames(100, 3) == [16, 50, 83]
+    with pytest.raises(MMDialogError, match="clip.npy has 3 frame.*fewer than the 4"):
+        sample_frames(3, 4, where="clip.npy")

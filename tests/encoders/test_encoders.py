@@ -1,10 +1,10 @@
-"""Shapes, token counts and levels of the own encoders (tiny sizes); the frame sampler."""
+"""Shapes, token counts and levels of the own encoders (tiny sizes)."""
 
 import pytest
 import torch
 
 from mmdialog.encoders import (AudioCNNEncoder, AudioTransformerEncoder, BertEncoder, FrameTemporalEncoder,
-                               ResNetEncoder, TubeletEncoder, sample_frames)
+                               ResNetEncoder, TubeletEncoder)
 from mmdialog.encoders.text import mean_pool
 from mmdialog.errors import MMDialogError
 from mmdialog.registry import ENCODERS
@@ -88,14 +88,6 @@ def test_bert_is_bidirectional_and_ignores_padding():
     assert mean_pool(torch.ones(1, 3, 2), torch.tensor([[1, 0, 0]])).tolist() == [[1.0, 1.0]]
     with pytest.raises(MMDialogError, match="at most 16 tokens"):
         bert(torch.zeros(1, 17, dtype=torch.long))
-
-
-def test_frame_sampler_keeps_the_budget_and_spreads_evenly():
-    assert sample_frames(8, 4) == [1, 3, 5, 7]
-    assert sample_frames(4, 4) == [0, 1, 2, 3]
-    assert sample_frames(100, 3) == [16, 50, 83]
-    with pytest.raises(MMDialogError, match="clip.npy has 3 frame.*fewer than the 4"):
-        sample_frames(3, 4, where="clip.npy")
 
 
 def test_bad_sizes_are_named():

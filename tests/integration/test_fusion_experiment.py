@@ -5,7 +5,7 @@ import json
 from tests.integration.test_cli import TINY
 from tests.integration.test_eval_lab import cli
 
-from mmdialog.eval.fusion_experiment import COLUMNS, FUSIONS
+from mmdialog.recipes.fusion_experiment import COLUMNS, FUSIONS
 
 
 def test_fusion_experiment_tables_every_fusion(tmp_path):

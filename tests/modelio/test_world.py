@@ -5,9 +5,8 @@ import shutil
 
 import pytest
 
-from mmdialog.cli import _world_of
 from mmdialog.errors import MMDialogError
-from mmdialog.modelio import load_any, save_checkpoint, world_meta
+from mmdialog.modelio import load_any, save_checkpoint, world_meta, world_of
 
 
 def test_a_moved_run_finds_its_world_and_a_missing_one_is_named(tiny, tokenizer, tiny_cfg, tmp_path):
@@ -22,11 +21,11 @@ def test_a_moved_run_finds_its_world_and_a_missing_one_is_named(tiny, tokenizer,
     shutil.move(run, moved)
     ck = load_any(moved / "checkpoint")
     assert ck.meta["world"] == str(moved / "world") and "world_missing" not in ck.meta
-    assert _world_of(ck, None) == moved / "world"
+    assert world_of(ck, None) == moved / "world"
 
     (moved / "world" / "world.json").write_text('{"seed": 8}')  # another world in its place is not taken for it
     ck = load_any(moved / "checkpoint")
     assert ck.meta["world_missing"] == str((run / "world").resolve())
     with pytest.raises(MMDialogError, match=r"trained on the world at .*run/world, which is not there .*pass --world"):
-        _world_of(ck, None)
-    assert _world_of(ck, str(moved / "world")) == moved / "world"  # --world still decides
+        world_of(ck, None)
+    assert world_of(ck, str(moved / "world")) == moved / "world"  # --world still decides

@@ -15,7 +15,7 @@ from mmdialog.model import build_model
 from mmdialog.objectives.qa import AnswerVocab
 from mmdialog.pretrain.data import PairCollator, PairDataset, read_pairs_file, world_pairs
 from mmdialog.pretrain.objective import PretrainHeads, PretrainObjective, check_weights
-from mmdialog.pretrain.run import TEXT_ENCODER_DEFAULTS
+from mmdialog.pretrain.heads import TEXT_ENCODER_DEFAULTS
 
 ALL = {"contrastive": 1.0, "matching": 0.5, "masked": 0.5, "captioning": 1.0, "qa": 1.0}
 

@@ -9,7 +9,7 @@ from mmdialog.data.dataset import ConversationDataset
 from mmdialog.data.processor import IGNORE
 from mmdialog.data.worlds.shapes import record_to_conversation
 from mmdialog.data.worlds.shapes.scene import Scene
-from mmdialog.eval.experiment import (
+from mmdialog.recipes.experiment import (
     AugmentedDataset, LastTurnDataset, augment_rounds, effect, experiment_markdown, keep_only_turn,
     summarise_experiment,
 )

@@ -35,9 +35,10 @@ import torch
 from mmdialog.config import Config, FusionConfig
 from mmdialog.data.worlds.shapes import load_split
 from mmdialog.errors import MMDialogError
-from mmdialog.eval.experiment import _get, _ms, effect
 from mmdialog.eval.lab import aggregate, run_lab
 from mmdialog.modelio import world_meta
+from mmdialog.recipes.experiment import _get, _ms, effect
+from mmdialog.recipes.world import ensure_world
 
 FUSIONS = ("concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler")
 DISTANCES = ("0", "1", "2", "3+")
@@ -100,7 +101,6 @@ def model_figures(model) -> dict:
 
 def run_fusion_experiment(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0, seeds=(0,),
                           fusions=FUSIONS, eval_dialogues: int = 300, progress: bool = True, log=print) -> dict:
-    from mmdialog.demo import ensure_world
     from mmdialog.eval.report import build_report
     from mmdialog.train.trainer import prepare, train
 
@@ -252,3 +252,13 @@ def plot_fusions(summary: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def main(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0, seeds=(0,), fusions=FUSIONS,
+         eval_dialogues: int = 300) -> int:
+    """`mmdialog experiment fusion`: run_fusion_experiment, then the files it wrote."""
+    s = run_fusion_experiment(cfg, Path(out), budget_minutes=budget_minutes, seeds=seeds, fusions=fusions,
+                              eval_dialogues=eval_dialogues)
+    print(f"wrote {Path(out) / 'fusion.md'}, fusion.json, fusion.png, report.html "
+          f"({s['settings']['wall_seconds']:.0f}s)")
+    return 0

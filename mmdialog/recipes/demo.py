@@ -1,4 +1,6 @@
-"""`mmdialog demo`: generate the world, train, evaluate, chat about one test image, plot, explain, report."""
+"""`mmdialog demo`: generate the world, train, evaluate, chat about one test image, plot, explain, report.
+
+run_demo does it and returns the metrics; main is the command: run_demo, then the figures it is judged by."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from mmdialog.chat.session import ChatSession
 from mmdialog.config import Config
 from mmdialog.data.answers import normalise
 from mmdialog.data.conversation import Image
-from mmdialog.data.worlds.shapes import generate_world, heldout_info, load_split
+from mmdialog.data.worlds.shapes import heldout_info, load_split
 from mmdialog.data.worlds.shapes.as_said import golds_as_said
 from mmdialog.eval.lab import run_lab
 from mmdialog.eval.plots import plot_run
@@ -21,6 +23,7 @@ from mmdialog.eval.run import heldout_metrics, write_outputs
 from mmdialog.explain import explain_dialogue
 from mmdialog.model import count_parameters
 from mmdialog.modelio import world_meta
+from mmdialog.recipes.world import ensure_world
 from mmdialog.train.trainer import prepare, train
 
 
@@ -30,18 +33,6 @@ from mmdialog.train.trainer import prepare, train
 DEMO_ABLATIONS = 300  # dialogues for the six ablations (per-round contexts)
 DEMO_OWN_HISTORY = 100  # dialogues chatted through with the model's own answers (generation)
 DEMO_RANKING = 50  # dialogues whose questions get their candidate answers ranked
-
-
-def ensure_world(cfg: Config, out: Path, progress: bool = True, log=print) -> Path:
-    if cfg.world.dir:
-        return Path(cfg.world.dir)
-    world = out / "world"
-    if not (world / "world.json").is_file():
-        t = time.perf_counter()
-        generate_world(world, dialogues=cfg.world.dialogues, seed=cfg.world.seed, image_size=cfg.world.image_size,
-                       phrasing=cfg.world.phrasing, held_out=cfg.world.held_out, progress=progress)
-        log(f"world: {cfg.world.dialogues} dialogues in {time.perf_counter() - t:.1f}s -> {world}")
-    return world
 
 
 def write_transcript(session: ChatSession, record: dict, world: Path, path: Path) -> None:
@@ -170,3 +161,41 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
     explain_dialogue(model, processor, records[0], world, out / "explain", max_new_tokens=cfg.eval.max_new_tokens)
     build_report([out], out / "report.html", title="mmdialog demo")
     return metrics
+
+
+def demo_checks(m: dict) -> str:
+    """The figures the demo is judged by, on one line each: the memory family, the own-history gap, what the
+    picture is worth at distance 0 (full minus no_media), and each held-out split."""
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    acc = m["accuracy"]
+    lines = [f"memory family {f(acc['by_family'].get('memory'))}"]
+    if m.get("gap"):
+        own = m["modes"]["own_history"]["accuracy"]["overall"]
+        gold = m["modes"]["gold_history_same_dialogues"]["accuracy"]["overall"]
+        lines.append(f"on {m['gap']['dialogues']} dialogues: gold history {f(gold)}, own history {f(own)}, "
+                     f"gap {f(m['gap'].get('overall'))}")
+    nm = (m.get("ablations") or {}).get("no_media")
+    same = (m.get("modes") or {}).get("gold_history_ablation_dialogues", m["modes"]["gold_history"])
+    if nm:
+        d0, n0 = same["accuracy"]["by_distance"].get("0"), nm["accuracy"]["by_distance"].get("0")
+        lines.append(f"distance 0: full {f(d0)}, no_media {f(n0)}, the picture is worth "
+                     f"{f(d0 - n0) if d0 is not None and n0 is not None else 'n/a'}")
+    for name, h in (m.get("heldout") or {}).items():
+        lines.append(f"{name} {f((h.get('accuracy') or {}).get('overall'))}"
+                     + (f" ({h['skipped']} dialogues too long, skipped)" if h.get("skipped") else ""))
+    return "\n".join(lines)
+
+
+def main(cfg: Config, out: str | Path) -> int:
+    """`mmdialog demo`: run_demo, then the accuracy, the figures it is judged by, training and the files written."""
+    m = run_demo(cfg, Path(out))
+    acc = m["accuracy"]
+    print(f"\naccuracy overall {acc['overall']:.3f}; by distance "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in acc["by_distance"].items() if v is not None)
+          + f"; needs history {acc['needs_history']:.3f}")
+    print(demo_checks(m))
+    print(f"train: {m['train']['steps']} steps, {m['train']['wall_seconds']:.0f}s, {m['train']['tokens_per_second']:.0f} tokens/s "
+          f"in {m['train'].get('precision') or '?'}; "
+          f"model: {m['model']['parameters']:,} parameters")
+    print(f"wrote {out}/metrics.json, summary.md, transcript.md, plots.png, explain/, report.html, checkpoint/")
+    return 0

@@ -5,7 +5,7 @@ import pytest
 
 from mmdialog.config import FusionConfig
 from mmdialog.errors import MMDialogError
-from mmdialog.eval.fusion_experiment import (
+from mmdialog.recipes.fusion_experiment import (
     COLUMNS, FUSIONS, check_fusions, fusion_config, fusion_markdown, plot_fusions, run_config, summarise_fusions,
 )
 

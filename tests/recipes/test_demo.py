@@ -7,7 +7,7 @@ import pytest
 
 from mmdialog.config import Config
 from mmdialog.data.worlds.shapes import generate_world, load_split
-from mmdialog.demo import TAIL_SECONDS, budget_training, estimate_eval_seconds
+from mmdialog.recipes.demo import TAIL_SECONDS, budget_training, estimate_eval_seconds
 
 
 def cfg_with(demo_minutes: float, max_minutes: float) -> Config:

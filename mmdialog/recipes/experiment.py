@@ -47,6 +47,7 @@ from mmdialog.eval.lab import aggregate, own_history_rows, run_lab, teacher_forc
 from mmdialog.eval.multiturn import summarise
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
 from mmdialog.modelio import world_meta
+from mmdialog.recipes.world import ensure_world
 
 VARIANTS = ("every_turn", "last_turn", "every_turn+augment", "last_turn+augment")
 DEFAULT_VARIANTS = ("every_turn", "last_turn", "every_turn+augment")
@@ -214,7 +215,6 @@ def effect(runs_a: list[dict], runs_b: list[dict], path) -> dict:
 def run_experiment(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0, seeds=(0, 1),
                    variants=DEFAULT_VARIANTS, policies=DEFAULT_POLICIES, eval_dialogues: int = 300,
                    own_dialogues: int = 100, progress: bool = True, log=print) -> dict:
-    from mmdialog.demo import ensure_world
     from mmdialog.eval.report import build_report
     from mmdialog.train.trainer import prepare, train
 
@@ -377,3 +377,13 @@ def plot_experiment(summary: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def main(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0, seeds=(0, 1), variants=DEFAULT_VARIANTS,
+         policies=DEFAULT_POLICIES, eval_dialogues: int = 300, own_dialogues: int = 100) -> int:
+    """`mmdialog experiment multiturn`: run_experiment, then the files it wrote."""
+    s = run_experiment(cfg, Path(out), budget_minutes=budget_minutes, seeds=seeds, variants=variants,
+                       policies=policies, eval_dialogues=eval_dialogues, own_dialogues=own_dialogues)
+    print(f"wrote {Path(out) / 'experiment.md'}, experiment.json, experiment.png, report.html "
+          f"({s['settings']['wall_seconds']:.0f}s)")
+    return 0
