@@ -4,7 +4,7 @@ BLEU-4 and CIDEr-D follow the MS-COCO caption evaluation code (pycocoevalcap 1.2
 "closest" reference length, cider_scorer.py with sigma 6 and clipped counts), on text lower-cased and split
 into words with punctuation dropped (what its Java PTB tokenizer does to plain captions). That package is not
 a dependency: it is a 100 MB wheel, unmaintained since 2020, and needs Java for its tokenizer;
-tests/objectives/test_metrics.py compares these functions with its scorers wherever it is installed.
+tests/pretrain/test_metrics.py compares these functions with its scorers wherever it is installed.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ multi-round dialogues whose every answer (and dependency distance) is known.
     generate_world("world", dialogues=1000, seed=0)
     conv = record_to_conversation(load_split("world", "test")[0], "world")
 
-The file format is described in the README ("The built-in world"). Media dialogues (clips, beeps, second
+The file format is described in docs/world.md. Media dialogues (clips, beeps, second
 pictures in later turns; opt-in: `generate_world(..., modalities=("image", "audio", "video"))`) are in
 media.py (words), media_io.py (files) and media_check.py (proof of every round).
 """

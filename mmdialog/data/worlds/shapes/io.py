@@ -1,6 +1,6 @@
 """The shapes world on disk: generate it, load a split with validation, turn a record into a Conversation.
 
-Layout (the README's "The built-in world" section): world.json, {train,val,test}.jsonl, images/<split>/<id>.png.
+Layout (docs/world.md): world.json, {train,val,test}.jsonl, images/<split>/<id>.png.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _check_fields(obj, fields: dict, where: str) -> None:
 
 
 def validate_record(record) -> None:
-    """Raise MMDialogError (without a location) if a record does not follow the format (the README's "The built-in world")."""
+    """Raise MMDialogError (without a location) if a record does not follow the format (docs/world.md)."""
     try:
         _validate(record)
     except _Bad as e:

@@ -1,6 +1,6 @@
 """Dialogues across media: clips where shapes move, beeps, and pictures shown in later turns.
 
-Two kinds of dialogue (the file format is in the README, "Media dialogues"):
+Two kinds of dialogue (the file format is in docs/world.md, "Media dialogues"):
 
 - motion: a clip opens the dialogue ("Describe the clip."), then questions on which way each shape moves,
   how fast, which moves farthest, how many move, pronouns ("Which way does it move?"), ellipsis ("What

@@ -5,7 +5,7 @@ for second pictures alone): the picture world's files keep their bytes. Each rec
 record (media with what they show, rounds with programs and dependencies) and a ShareGPT-style record
 (`messages` with <image>/<audio>/<video> tags, `images`/`audios`/`videos` lists), so
 `mmdialog data check WORLD/media/train.jsonl` and `mmdialog train data.train_file=WORLD/media/train.jsonl`
-read it as it is. The layout is in the README ("Media dialogues").
+read it as it is. The layout is in docs/world.md ("Media dialogues").
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
 from mmdialog.data.processor import Processor
