@@ -19,6 +19,7 @@ import mmdialog.encoders  # noqa: F401  (registers the encoders)
 import mmdialog.fusion  # noqa: F401  (registers the fusions)
 from mmdialog.config import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, build_part
 from mmdialog.errors import MMDialogError
+from mmdialog.fusion.common import Fusion
 from mmdialog.modalities import MODALITIES, NAMES
 from mmdialog.modules import KVCache
 from mmdialog.objectives import IGNORE_INDEX, lm_loss, shift_labels
@@ -34,9 +35,12 @@ class ModelOutput:
 
 
 class MultimodalLM(nn.Module):
-    def __init__(self, *, encoders: dict[str, nn.Module], fusion: nn.Module, decoder: nn.Module,
+    def __init__(self, *, encoders: dict[str, nn.Module], fusion: Fusion, decoder: nn.Module,
                  placeholder_ids: dict[str, int]):
         super().__init__()
+        if not isinstance(fusion, Fusion):
+            raise MMDialogError(f"the fusion must subclass mmdialog.fusion.common.Fusion (the fusion protocol); "
+                                f"got {type(fusion).__name__}")
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.decoder = decoder
@@ -48,8 +52,7 @@ class MultimodalLM(nn.Module):
         if modality not in self.encoders:
             raise MMDialogError(f"the model has no {modality!r} encoder; it has: {', '.join(self.encoders)}")
         tokens = self.encoders[modality].num_tokens
-        slots = getattr(self.fusion, "media_slots", None)
-        return slots(modality, tokens) if slots is not None else tokens
+        return self.fusion.media_slots(modality, tokens)
 
     def encode_media(self, images: torch.Tensor | None = None, audios: torch.Tensor | None = None,
                      videos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -58,7 +61,7 @@ class MultimodalLM(nn.Module):
         images (N, 3, H, W), audios (N, samples), videos (N, F, 3, H, W). A fusion that asks for encoder
         levels gets (N, L, T, d) instead: the encoder's forward_levels at those depths.
         """
-        levels = getattr(self.fusion, "levels", None)
+        levels = self.fusion.levels
         given = {"images": images, "audios": audios, "videos": videos}  # the modality table's batch keys
         media = {}
         for m in MODALITIES:
@@ -79,7 +82,7 @@ class MultimodalLM(nn.Module):
         cache/past: for a fusion that keeps state across cached passes (interactive); others ignore them.
         """
         token_embeds = self.decoder.embed(input_ids)
-        if getattr(self.fusion, "uses_cache", False):
+        if self.fusion.uses_cache:
             return self.fusion(token_embeds, input_ids, media, self.placeholder_ids, cache=cache, past=past)
         return self.fusion(token_embeds, input_ids, media, self.placeholder_ids)
 
@@ -97,7 +100,7 @@ class MultimodalLM(nn.Module):
         media = media or {}
         packed = {}
         if segment_ids is not None or position_ids is not None:
-            if getattr(self.fusion, "decoder_hook", None) is not None or getattr(self.fusion, "uses_cache", False):
+            if self.fusion.mixes_positions:
                 raise MMDialogError(f"packed rows (position_ids/segment_ids) need a fusion that only fills placeholder "
                                     f"slots; {type(self.fusion).__name__} attends across positions of a row, which "
                                     f"would mix the packed conversations: train with train.pack=false")
@@ -107,8 +110,7 @@ class MultimodalLM(nn.Module):
             packed = {"position_ids": position_ids, "segment_ids": segment_ids}
         past = cache.seq_len if cache is not None else 0  # before the decoder runs: it grows the cache
         x = self.embed(input_ids, media, cache=cache, past=past)  # (B, T, D)
-        hook_fn = getattr(self.fusion, "decoder_hook", None)
-        hook = hook_fn(input_ids, media, self.placeholder_ids, cache=cache, past=past) if hook_fn else None
+        hook = self.fusion.decoder_hook(input_ids, media, self.placeholder_ids, cache=cache, past=past)
         if hook is None:
             return self.decoder(x, attention_mask=attention_mask, cache=cache, **packed)
         return self.decoder(x, attention_mask=attention_mask, cache=cache, layer_hook=hook)

@@ -72,9 +72,7 @@ class _Columns(KVCache):
 
 
 def supported(model: MultimodalLM) -> bool:
-    fusion = model.fusion
-    return (getattr(fusion, "decoder_hook", None) is None and not getattr(fusion, "uses_cache", False)
-            and getattr(model.decoder, "supports_cached_positions", False))
+    return not model.fusion.mixes_positions and getattr(model.decoder, "supports_cached_positions", False)
 
 
 class _Row:

@@ -11,10 +11,10 @@ model in hand) runs one teacher-forced pass over a dialogue with its gold histor
     DIR/explain.json           the numbers behind the plots, per round
     DIR/explain.md             the report: the dialogue, the verdicts, the shares, the PNGs
 
-Fusion hook: a fusion module that has gates or mixing weights exposes them by defining
-`explain_values(self) -> dict[str, torch.Tensor]`, the values of its most recent forward pass, each with
-the batch as first dimension (e.g. {"gate": (B, layers)}). Fusions without it (concat) have nothing to show,
-and the report says so.
+Fusion hook: a fusion that has gates or mixing weights exposes them by overriding Fusion.explain_values
+(`explain_values(self) -> dict[str, torch.Tensor]`), the values of its most recent forward pass, each with
+the batch as first dimension (e.g. {"gate": (B, layers)}). Fusions that keep the default (None, as concat
+does) have nothing to show, and the report says so.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ from mmdialog.eval.contexts import Context, record_image
 from mmdialog.eval.teacher_forced import TeacherForcedScorer
 from mmdialog.explain.attention import RoundAttention, answer_attention, recording
 from mmdialog.explain.plots import gate_plot, patch_overlays, round_heatmaps
+from mmdialog.fusion.common import Fusion
 from mmdialog.model import MultimodalLM
 
 __all__ = ["answer_attention", "explain_dialogue", "fusion_values", "recording"]
 
 
-def fusion_values(fusion: torch.nn.Module) -> dict[str, np.ndarray] | None:
+def fusion_values(fusion: Fusion) -> dict[str, np.ndarray] | None:
     """The fusion's explain_values() for the first example of its last forward, or None if it has none."""
-    fn = getattr(fusion, "explain_values", None)
-    if fn is None:
+    values = fusion.explain_values()
+    if values is None:
         return None
-    return {k: v.detach().float()[0].cpu().numpy() for k, v in fn().items()}
+    return {k: v.detach().float()[0].cpu().numpy() for k, v in values.items()}
 
 
 def _short(text: str, n: int = 38) -> str:

@@ -1,17 +1,24 @@
-"""What the fusions share: finding media items in input_ids, packing them per row, masks by position.
+"""The fusion protocol (the Fusion base class) and what the fusions share: finding media items in input_ids,
+packing them per row, masks by position.
 
-The fusion protocol (ConcatFusion is the minimal one):
+Every fusion subclasses Fusion and overrides what it changes; the model reads these attributes and calls
+these methods as they are, with no probing:
 
     forward(token_embeds (B, T, D), input_ids (B, T), media {m: features}, placeholder_ids {m: id}, **state) -> (B, T, D)
         required; features are (N_m, T_m, d_m), or (N_m, L, T_m, d_m) when the fusion asks for `levels`.
     media_slots(modality, encoder_tokens) -> int
-        optional: placeholder tokens one item occupies in input_ids (default: the encoder's token count).
-    levels: tuple[int, ...]
-        optional: the encoder depths the fusion wants (encoders then run forward_levels).
+        placeholder tokens one item occupies in input_ids (default: the encoder's token count).
+    levels: tuple[int, ...] | None
+        the encoder depths the fusion wants (encoders then run forward_levels); None (default): the outputs.
     uses_cache: bool
-        optional: forward also receives cache= (KVCache or None) and past= (positions already cached).
+        forward also receives cache= (KVCache or None) and past= (positions already cached); default False.
     decoder_hook(input_ids, media, placeholder_ids, *, cache, past) -> callable(layer, hidden) -> hidden, or None
-        optional: run before each decoder layer (cross-attention layers live there).
+        run before each decoder layer (cross-attention layers live there); default None: no hook.
+    mixes_positions: bool
+        True when a position's output depends on other positions of its row (a decoder hook, co-attention):
+        packed rows and the batched chat decoder then do not apply. Default False: placeholder slots only.
+    explain_values() -> {name: (B, ...) tensor} or None
+        gates or mixing weights of the last forward pass, for `mmdialog explain`; default None: nothing to show.
 
 Anything a fusion keeps across cached forward passes goes into `cache.media[name]` (a MediaMemory), with
 the absolute positions it belongs to, so that cropping the cache crops it too. A text position may use
@@ -20,10 +27,38 @@ only media whose placeholder comes at or before it: that is what makes cached de
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
 from mmdialog.modules import MediaMemory
+
+LayerHook = Callable[[int, torch.Tensor], torch.Tensor]  # (decoder layer index, hidden (B, T, D)) -> (B, T, D)
+
+
+class Fusion(nn.Module):
+    """Base class of every fusion: the protocol above, with the defaults of a fusion that only fills
+    placeholder slots (concat). Subclasses define __init__(*, in_dims, out_dim, ...) and forward."""
+
+    levels: tuple[int, ...] | None = None
+    uses_cache: bool = False
+    mixes_positions: bool = False
+
+    def forward(self, token_embeds: torch.Tensor, input_ids: torch.Tensor, media: dict[str, torch.Tensor],
+                placeholder_ids: dict[str, int], **state) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define forward")
+
+    def media_slots(self, modality: str, encoder_tokens: int) -> int:
+        return encoder_tokens
+
+    def decoder_hook(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor], placeholder_ids: dict[str, int],
+                     *, cache=None, past: int = 0) -> LayerHook | None:
+        return None
+
+    def explain_values(self) -> dict[str, torch.Tensor] | None:
+        return None
 
 
 def locate_items(input_ids: torch.Tensor, feats: torch.Tensor | None, modality: str, placeholder_id: int,

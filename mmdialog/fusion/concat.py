@@ -6,11 +6,12 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
+from mmdialog.fusion.common import Fusion
 from mmdialog.registry import FUSIONS
 
 
 @FUSIONS.register("concat")
-class ConcatFusion(nn.Module):
+class ConcatFusion(Fusion):
     """One Linear-GELU-Linear projector per modality, from its encoder's width to the decoder's."""
 
     def __init__(self, *, in_dims: dict[str, int], out_dim: int):

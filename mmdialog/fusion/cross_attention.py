@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
-from mmdialog.fusion.common import check_media, locate_items, pack, remember, visible
+from mmdialog.fusion.common import Fusion, LayerHook, check_media, locate_items, pack, remember, visible
 from mmdialog.modules import CrossAttention, GeluMLP, MediaMemory
 from mmdialog.registry import FUSIONS
 
@@ -45,8 +45,9 @@ class GatedCrossAttentionBlock(nn.Module):
 
 
 @FUSIONS.register("cross_attention")
-class CrossAttentionFusion(nn.Module):
+class CrossAttentionFusion(Fusion):
     NAME = "cross_attention"
+    mixes_positions = True  # text attends to the media of earlier positions, inside the decoder
 
     def __init__(self, *, in_dims: dict[str, int], out_dim: int, num_layers: int, heads: int, every: int,
                  gate_init: float):
@@ -95,7 +96,7 @@ class CrossAttentionFusion(nn.Module):
         return MediaMemory(packed.positions, packed.valid, kv)
 
     def decoder_hook(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor], placeholder_ids: dict[str, int],
-                     *, cache=None, past: int = 0):
+                     *, cache=None, past: int = 0) -> LayerHook:
         """The function the decoder runs before each layer, closed over this pass's media memory and mask."""
         mem = remember(cache, self.NAME, self.memory(input_ids, media, placeholder_ids, past))
         B, T = input_ids.shape

@@ -19,12 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmdialog.errors import MMDialogError
-from mmdialog.fusion.common import check_media, locate_items, pick_levels, slot_fusion_forward
+from mmdialog.fusion.common import Fusion, check_media, locate_items, pick_levels, slot_fusion_forward
 from mmdialog.registry import FUSIONS
 
 
 @FUSIONS.register("dynamic")
-class DynamicFusion(nn.Module):
+class DynamicFusion(Fusion):
     def __init__(self, *, in_dims: dict[str, int], out_dim: int, levels: tuple[int, ...]):
         super().__init__()
         if not levels:
@@ -44,6 +44,7 @@ class DynamicFusion(nn.Module):
             nn.init.zeros_(g[-1].weight)
             nn.init.zeros_(g[-1].bias)
         self._last: dict[str, dict[str, torch.Tensor]] = {}
+        self._batch = 0  # examples in the last forward pass
 
     def weigh(self, modality: str, feats: torch.Tensor) -> torch.Tensor:
         """(N, L, T, d) -> (N, T, D), recording the gate's weights."""
@@ -77,7 +78,7 @@ class DynamicFusion(nn.Module):
         examples: {"modality": (B, n_modalities) mean modality weight of each example's items (nan: none),
                    "levels": (B, n_modalities, L) mean level weights}, modalities in `self.modalities` order
         """
-        B = getattr(self, "_batch", 0)
+        B = self._batch
         L = len(self.levels)
         mod = torch.full((B, len(self.modalities)), float("nan"))
         lev = torch.full((B, len(self.modalities), L), float("nan"))

@@ -13,12 +13,12 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
-from mmdialog.fusion.common import pick_levels, slot_fusion_forward
+from mmdialog.fusion.common import Fusion, pick_levels, slot_fusion_forward
 from mmdialog.registry import FUSIONS
 
 
 @FUSIONS.register("hierarchical")
-class HierarchicalFusion(nn.Module):
+class HierarchicalFusion(Fusion):
     def __init__(self, *, in_dims: dict[str, int], out_dim: int, levels: tuple[int, ...]):
         super().__init__()
         if not levels:

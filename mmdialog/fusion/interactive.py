@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mmdialog.fusion.common import check_media, fill_slots, locate_items, pack, remember, visible
+from mmdialog.fusion.common import Fusion, check_media, fill_slots, locate_items, pack, remember, visible
 from mmdialog.modules import Attention, CrossAttention, GeluMLP, MediaMemory
 from mmdialog.registry import FUSIONS
 
@@ -51,9 +51,10 @@ class CoAttentionLayer(nn.Module):
 
 
 @FUSIONS.register("interactive")
-class InteractiveFusion(nn.Module):
+class InteractiveFusion(Fusion):
     NAME = "interactive"
     uses_cache = True
+    mixes_positions = True  # text and media attend to each other across positions
 
     def __init__(self, *, in_dims: dict[str, int], out_dim: int, heads: int, layers: int, gate_init: float):
         super().__init__()

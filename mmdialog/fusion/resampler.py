@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from mmdialog.errors import MMDialogError
-from mmdialog.fusion.common import slot_fusion_forward
+from mmdialog.fusion.common import Fusion, slot_fusion_forward
 from mmdialog.modules import CrossAttention, GeluMLP
 from mmdialog.registry import FUSIONS
 
@@ -37,7 +37,7 @@ class PerceiverLayer(nn.Module):
 
 
 @FUSIONS.register("resampler")
-class ResamplerFusion(nn.Module):
+class ResamplerFusion(Fusion):
     def __init__(self, *, in_dims: dict[str, int], out_dim: int, heads: int, layers: int, num_queries: int):
         super().__init__()
         if num_queries < 1:

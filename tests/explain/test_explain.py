@@ -8,6 +8,7 @@ import torch
 from mmdialog.eval.contexts import Context, record_image
 from mmdialog.explain import explain_dialogue, fusion_values
 from mmdialog.explain.attention import answer_attention, recording, turn_of_positions
+from mmdialog.fusion.common import Fusion
 from mmdialog.modules.attention import Attention, causal_mask
 
 
@@ -84,8 +85,9 @@ def test_explain_writes_heatmaps_and_a_report(tiny, world32, tmp_path):
     assert "![attention_rounds.png](attention_rounds.png)" in md and "exposes no gates" in md
 
 
-class GatedFusion(torch.nn.Module):
-    """A fusion with a gate per example, exposed through the explain hook (explain_values)."""
+class GatedFusion(Fusion):
+    """A fusion with a gate per example, exposed through the explain hook (explain_values); wraps concat,
+    whose protocol defaults it keeps."""
 
     def __init__(self, inner):
         super().__init__()

@@ -7,7 +7,8 @@ import torch
 from mmdialog.config import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig
 from mmdialog.errors import MMDialogError
 from mmdialog.fusion import CrossAttentionFusion, DynamicFusion
-from mmdialog.model import build_model
+from mmdialog.fusion.common import Fusion
+from mmdialog.model import MultimodalLM, build_model
 from mmdialog.modules import KVCache
 from mmdialog.registry import FUSIONS
 
@@ -47,6 +48,28 @@ def randomise(model):
 
 def test_all_fusions_are_registered():
     assert set(FUSIONS_CFG) <= set(FUSIONS.names())
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS_CFG))
+def test_every_fusion_subclasses_the_protocol_and_declares_what_it_does(name):
+    model = make(name)
+    fusion = model.fusion
+    assert isinstance(fusion, Fusion)
+    hooks = type(fusion).decoder_hook is not Fusion.decoder_hook
+    # a decoder hook or a cache-keeping forward attends across positions: the fusion must say so
+    assert fusion.mixes_positions == (hooks or fusion.uses_cache) == (name in ("cross_attention", "interactive"))
+    assert (fusion.levels is not None) == (name in ("hierarchical", "dynamic"))
+    assert fusion.media_slots("image", 4) == SLOTS[name]
+    if not hooks:
+        assert fusion.decoder_hook(prompt(model), {}, model.placeholder_ids) is None
+    assert fusion.explain_values() is None  # no built-in fusion feeds `mmdialog explain` yet
+
+
+def test_a_fusion_outside_the_protocol_is_refused():
+    model = make("concat")
+    with pytest.raises(MMDialogError, match="must subclass mmdialog.fusion.common.Fusion"):
+        MultimodalLM(encoders=dict(model.encoders), fusion=torch.nn.Identity(), decoder=model.decoder,
+                     placeholder_ids=model.placeholder_ids)
 
 
 @pytest.mark.parametrize("name", sorted(FUSIONS_CFG))
