@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdialog.encoders.common import check_input, encoder_blocks, init_linear, select_levels
+from mmdialog.encoders.common import TransformerEncoder, check_input, select_levels
 from mmdialog.errors import MMDialogError
 from mmdialog.registry import ENCODERS
 
@@ -58,13 +58,21 @@ class LogMel(nn.Module):
             return (torch.maximum(log, peak - 8.0) + 4.0) / 4.0
 
 
+def _front_end(sample_rate: int, clip_seconds: float, n_mels: int, n_fft: int, hop_length: int) -> tuple[LogMel, int]:
+    """The LogMel of an encoder of fixed-length clips, and a clip's length in samples."""
+    num_samples = round(clip_seconds * sample_rate)
+    if num_samples < n_fft:
+        raise MMDialogError(f"an audio clip of {clip_seconds} s has {num_samples} samples, fewer than n_fft {n_fft}")
+    return LogMel(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels), num_samples
+
+
 class _AudioBase(nn.Module):
+    sample_rate: int
+    num_samples: int
+
     def _setup(self, sample_rate: int, clip_seconds: float, n_mels: int, n_fft: int, hop_length: int):
         self.sample_rate = sample_rate
-        self.num_samples = round(clip_seconds * sample_rate)
-        if self.num_samples < n_fft:
-            raise MMDialogError(f"an audio clip of {clip_seconds} s has {self.num_samples} samples, fewer than n_fft {n_fft}")
-        self.logmel = LogMel(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+        self.logmel, self.num_samples = _front_end(sample_rate, clip_seconds, n_mels, n_fft, hop_length)
         return self.logmel.frames(self.num_samples)
 
     def _check(self, audio: torch.Tensor, name: str) -> None:
@@ -118,38 +126,27 @@ class AudioCNNEncoder(_AudioBase):
 
 
 @ENCODERS.register("audio_transformer")
-class AudioTransformerEncoder(_AudioBase):
+class AudioTransformerEncoder(_AudioBase, TransformerEncoder):
     """Whisper-encoder-like: two 1-D convolutions over time (the second at stride 2), learned positions,
-    bidirectional transformer blocks. num_tokens = ceil(frames / 2)."""
+    bidirectional transformer blocks. num_tokens = ceil(frames / 2).
+
+    Stem: log-mel, then the two convolutions, one token per remaining time step; the rest is the
+    TransformerEncoder skeleton (level 0 the convolutions' output, level i after block i)."""
+
+    NAME = "audio_transformer"
 
     def __init__(self, *, sample_rate: int = 16000, clip_seconds: float = 1.0, n_mels: int = 64, n_fft: int = 400,
                  hop_length: int = 160, dim: int = 128, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0):
-        super().__init__()
-        frames = self._setup(sample_rate, clip_seconds, n_mels, n_fft, hop_length)
-        self.dim = dim
-        self.num_tokens = (frames - 1) // 2 + 1
-        self.conv1 = nn.Conv1d(n_mels, dim, 3, padding=1)
-        self.conv2 = nn.Conv1d(dim, dim, 3, stride=2, padding=1)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))
-        self.blocks = encoder_blocks(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio)
-        self.norm = nn.LayerNorm(dim)
-        self.num_levels = depth + 1
-        self.apply(init_linear)
-        nn.init.normal_(self.pos_embed, std=0.02)
+        logmel, num_samples = _front_end(sample_rate, clip_seconds, n_mels, n_fft, hop_length)
+        frames = logmel.frames(num_samples)
+        stem = {"logmel": logmel, "conv1": nn.Conv1d(n_mels, dim, 3, padding=1),
+                "conv2": nn.Conv1d(dim, dim, 3, stride=2, padding=1)}
+        super().__init__(stem=stem, num_tokens=(frames - 1) // 2 + 1, dim=dim, depth=depth, heads=heads,
+                         mlp_ratio=mlp_ratio)
+        self.sample_rate, self.num_samples = sample_rate, num_samples
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self._run(audio)[-1]
-
-    def forward_levels(self, audio: torch.Tensor, levels) -> torch.Tensor:
-        return select_levels(self._run(audio), levels, "audio_transformer")
-
-    def _run(self, audio: torch.Tensor) -> list[torch.Tensor]:
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
         self._check(audio, "audio_transformer")
         x = self.logmel(audio).to(self.conv1.weight.dtype)  # (N, n_mels, frames)
         x = F.gelu(self.conv2(F.gelu(self.conv1(x))))  # (N, dim, num_tokens)
-        x = x.transpose(1, 2) + self.pos_embed  # (N, num_tokens, dim)
-        levels = [x]
-        for block in self.blocks:
-            x = block(x)
-            levels.append(x)
-        return [self.norm(h) for h in levels]
+        return x.transpose(1, 2)  # (N, num_tokens, dim)

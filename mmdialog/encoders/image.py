@@ -10,67 +10,37 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdialog.encoders.common import check_input, select_levels
+from mmdialog.encoders.common import TransformerEncoder, check_input, select_levels
 from mmdialog.errors import MMDialogError
-from mmdialog.modules import Attention, GeluMLP, TransformerBlock
 from mmdialog.registry import ENCODERS
 
 
 @ENCODERS.register("vit")
-class ViTEncoder(nn.Module):
-    """(N, 3, H, W) pixels normalised to [-1, 1] -> (N, num_tokens, dim), num_tokens = (image_size // patch_size)**2."""
+class ViTEncoder(TransformerEncoder):
+    """(N, 3, H, W) pixels normalised to [-1, 1] -> (N, num_tokens, dim), num_tokens = (image_size // patch_size)**2.
+
+    Stem: a Conv2d with kernel = stride = patch_size, one token per patch (row-major); the rest is the
+    TransformerEncoder skeleton (level 0 the patch embeddings, level i after block i)."""
+
+    NAME = "vit"
 
     def __init__(self, *, image_size: int = 64, patch_size: int = 16, dim: int = 128, depth: int = 2, heads: int = 4,
                  mlp_ratio: float = 4.0):
-        super().__init__()
         if image_size % patch_size:
             raise MMDialogError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+        super().__init__(stem={"patch_embed": nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)},
+                         num_tokens=(image_size // patch_size) ** 2, dim=dim, depth=depth, heads=heads,
+                         mlp_ratio=mlp_ratio)
         self.image_size = image_size
-        self.num_tokens = (image_size // patch_size) ** 2
-        self.dim = dim
-        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                attn=Attention(dim=dim, heads=heads, causal=False, bias=True),
-                mlp=GeluMLP(dim=dim, hidden_dim=int(dim * mlp_ratio)),
-                attn_norm=nn.LayerNorm(dim),
-                mlp_norm=nn.LayerNorm(dim),
-            )
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim)
-        self.num_levels = depth + 1
-        self.apply(_init_linear)
-        nn.init.normal_(self.pos_embed, std=0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run(images)[-1]
-
-    def forward_levels(self, images: torch.Tensor, levels) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, L, num_tokens, dim): level 0 the patch embeddings, level i after block i."""
-        return select_levels(self._run(images), levels, "vit")
-
-    def _run(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (self.image_size, self.image_size):
             raise MMDialogError(
                 f"the image encoder takes (N, 3, {self.image_size}, {self.image_size}) pixels, "
                 f"got a tensor of shape {tuple(images.shape)}"
             )
         x = self.patch_embed(images)  # (N, dim, g, g), g = image_size // patch_size
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (N, g*g, dim), patches in row-major order
-        levels = [x]
-        for block in self.blocks:
-            x = block(x)  # bidirectional: every patch sees every other
-            levels.append(x)
-        # the final norm on every level: the deeper ones' scale grows with depth, the fusions compare them
-        return [self.norm(h) for h in levels]  # each (N, num_tokens, dim)
-
-
-def _init_linear(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
+        return x.flatten(2).transpose(1, 2)  # (N, g*g, dim), patches in row-major order
 
 
 class ResidualBlock(nn.Module):
