@@ -257,130 +257,158 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
     0/1/2/3-5/6+); default: the world's distance, family and ref. Ablations stay teacher forced (greedy exact
     match); the history gain compares them with the gold history scored the same way."""
     model.eval()
-    world = all("image" in rec for rec in records)
     if match is not None:
         check_match(match)
-    group_by = tuple(WORLD_GROUPS if group_by is None and world else group_by or ())
-    numeric = frozenset(WORLD_NUMERIC if numeric is None and world else numeric or ())
-    images = {rec["id"]: record_image(rec, world_dir) for rec in records}
-    records, failed = usable_records(processor, records, images)
-    scorer = TeacherForcedScorer(model, processor, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens)
-    seconds: dict[str, float] = {}
-    preds: dict[str, list[dict]] = {}
+    lab = _Lab(model, processor, records, world_dir, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens,
+               progress=progress, log=log, annotate=annotate, match=match, group_by=group_by, numeric=numeric)
+    n = len(lab.records)
+    lab.gold(gold_method)
+    n_own = n if own_history is None else min(own_history, n)
+    if n_own:
+        lab.own(n_own)
+    n_abl = n if ablation_dialogues is None else min(ablation_dialogues, n)
+    lab.ablations(ablations if n_abl else (), n_abl)
+    lab.ranking(ranking)
+    m = lab.metrics
+    m["eval"] = {"gold_method": gold_method, "match": match, "group_by": list(lab.group_by),
+                 "numeric_labels": sorted(lab.numeric), "dialogues": n, "max_new_tokens": max_new_tokens,
+                 "own_history_dialogues": n_own, "ranking_dialogues": m.get("ranking", {}).get("dialogues", 0),
+                 "ablation_dialogues": n_abl if m["ablations"] else 0, "seconds": lab.seconds,
+                 "wall_seconds": round(sum(lab.seconds.values()), 3)}
+    m["failed_dialogues"] = lab.failed
+    return LabResult(m, lab.preds, lab.ranking_rows)
 
-    def timed(name, fn):
+
+class _Lab:
+    """The state of one run_lab: the usable records and their images, the rows of each mode, the metrics
+    so far, and the seconds each part took. One method per mode, in the order run_lab calls them."""
+
+    def __init__(self, model, processor, records, world_dir, *, max_new_tokens, max_batch_tokens, progress, log,
+                 annotate, match, group_by, numeric):
+        self.model, self.processor, self.world_dir = model, processor, world_dir
+        self.world = all("image" in rec for rec in records)
+        self.group_by = tuple(WORLD_GROUPS if group_by is None and self.world else group_by or ())
+        self.numeric = frozenset(WORLD_NUMERIC if numeric is None and self.world else numeric or ())
+        self.images = {rec["id"]: record_image(rec, world_dir) for rec in records}
+        self.records, self.failed = usable_records(processor, records, self.images)
+        self.scorer = TeacherForcedScorer(model, processor, max_new_tokens=max_new_tokens,
+                                          max_batch_tokens=max_batch_tokens)
+        self.max_new_tokens, self.progress, self.log = max_new_tokens, progress, log
+        self.annotate, self.match = annotate, match
+        self.seconds: dict[str, float] = {}
+        self.preds: dict[str, list[dict]] = {}
+        self.metrics: dict = {}
+        self.forced = None  # the teacher-forced gold rows, which the ablations' gold prefixes reuse
+        self.ranking_rows: list[dict] = []
+
+    def timed(self, name: str, fn):
         t = time.perf_counter()
         with torch.no_grad():
             result = fn()
-        seconds[name] = round(time.perf_counter() - t, 3)
-        if log:
-            log(f"eval {name}: {seconds[name]:.1f}s")
+        self.seconds[name] = round(time.perf_counter() - t, 3)
+        if self.log:
+            self.log(f"eval {name}: {self.seconds[name]:.1f}s")
         return result
 
-    def groups(rows, key="correct"):
-        return summarise_groups(rows, group_by, numeric, key=key)
+    def groups(self, rows: list[dict], key: str = "correct") -> dict:
+        return summarise_groups(rows, self.group_by, self.numeric, key=key)
 
-    def both(rows, key="correct"):  # the world's summary (the keys the demo has always written) beside the generic one
-        return {**(summarise(rows) if world else {}), **groups(rows, key)}
+    def both(self, rows: list[dict], key: str = "correct") -> dict:
+        """The world's summary (the keys the demo has always written) beside the generic one."""
+        return {**(summarise(rows) if self.world else {}), **self.groups(rows, key)}
 
-    forced = None  # the teacher-forced gold rows, which the ablations' gold prefixes reuse
-    if gold_method == "teacher_forced":
-        preds["gold_history"] = timed("gold_history", lambda: teacher_forced_rows(
-            scorer, Context(), records, images, progress=progress, annotate=annotate))
-        forced = {(r["id"], r["round"]): dict(r) for r in preds["gold_history"]}  # before replies replace pred
-        if match is not None:
-            timed("gold_history_replies", lambda: generate_wrong_replies(
-                model, processor, records, images, preds["gold_history"], max_new_tokens=max_new_tokens,
-                match=match, progress=progress))
-    elif gold_method == "generate":
-        preds["gold_history"] = timed("gold_history", lambda: gold_generated_rows(
-            model, processor, records, images, max_new_tokens=max_new_tokens, progress=progress))
-        if match is not None:
-            for r in preds["gold_history"]:
-                r.update(verdict(r["pred"], r["gold"], match))
-                r["exact"] = r["pred"] == r["gold"]
-    else:
-        raise MMDialogError(f"gold_method must be teacher_forced or generate, got {gold_method!r}")
-    gold_rows = preds["gold_history"]
-    exact = "exact" if match is not None else "correct"  # the verdict the ablations share
-    metrics: dict = {}
-    if world:
-        gold = summarise(gold_rows)
-        metrics.update(accuracy=gold["accuracy"], counts=gold["counts"], modes={"gold_history": gold})
-    metrics["gold_history"] = groups(gold_rows)
-
-    n_own = len(records) if own_history is None else min(own_history, len(records))
-    if n_own:
-        subset = records[:n_own]
-        preds["own_history"] = timed("own_history", lambda: own_history_rows(
-            model, processor, subset, images, max_new_tokens=max_new_tokens, progress=progress, match=match,
-            failed=failed))
-        ids = {r["id"] for r in preds["own_history"]}
-        same = [r for r in gold_rows if r["id"] in ids]
-        metrics["own_history"] = groups(preds["own_history"])
-        metrics["gold_history_same_dialogues"] = groups(same)
-        gap = difference_groups(metrics["gold_history_same_dialogues"], metrics["own_history"])
-        if world:
-            gold_same, own = summarise(same), summarise(preds["own_history"])
-            metrics["modes"]["own_history"] = own
-            metrics["modes"]["gold_history_same_dialogues"] = gold_same
-            gap = {**difference(gold_same, own), **gap}
-            metrics["own_history_scripted"] = scripted_verdicts(preds["own_history"], gold_same)
-        metrics["gap"] = {"dialogues": len(ids), **gap}
-
-    metrics["ablations"] = {}
-    n_abl = len(records) if ablation_dialogues is None else min(ablation_dialogues, len(records))
-    abl_records = records[:n_abl]
-    for name in ablations if n_abl else ():
-        if name not in ABLATIONS:
-            raise MMDialogError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
-        preds[name] = timed(name, lambda: teacher_forced_rows(scorer, ABLATIONS[name](), abl_records, images,
-                                                                progress=progress, annotate=annotate, gold=forced))
-        metrics["ablations"][name] = both(preds[name])
-    if metrics["ablations"]:
-        ids = {r["id"] for r in abl_records}
-        abl_gold_rows = [r for r in gold_rows if r["id"] in ids]
-        reference = groups(abl_gold_rows, exact)
-        metrics["ablation_reference"] = reference  # the gold history on those dialogues, scored as the ablations
-        if world and n_abl < len(records):  # compare with the gold history on the same dialogues
-            metrics["modes"]["gold_history_ablation_dialogues"] = summarise(abl_gold_rows)
-        if "no_history" in metrics["ablations"]:
-            gain = difference_groups(reference, metrics["ablations"]["no_history"])
-            if world:
-                abl_gold = metrics["modes"].get("gold_history_ablation_dialogues") or metrics["modes"]["gold_history"]
-                gain = {**difference(abl_gold, metrics["ablations"]["no_history"]), **gain}
-            metrics["history_gain"] = gain
-
-    ranking_rows: list[dict] = []
-    with_candidates = [rec for rec in records if any("candidates" in rd for rd in rec["rounds"])]
-    rank_pool = records if world else with_candidates
-    n_rank = len(rank_pool) if ranking is None else min(ranking, len(rank_pool))
-    if n_rank:
-        if world:
-            golds = sorted({rd["answer"] for rec in records for rd in rec["rounds"] if rd.get("scored", True)})
-            ranker = LikelihoodRanker(model, processor, world_candidates(golds))
+    def gold(self, method: str) -> None:
+        m, recs, imgs = self.metrics, self.records, self.images
+        if method == "teacher_forced":
+            rows = self.timed("gold_history", lambda: teacher_forced_rows(
+                self.scorer, Context(), recs, imgs, progress=self.progress, annotate=self.annotate))
+            self.forced = {(r["id"], r["round"]): dict(r) for r in rows}  # before replies replace pred
+            if self.match is not None:
+                self.timed("gold_history_replies", lambda: generate_wrong_replies(
+                    self.model, self.processor, recs, imgs, rows, max_new_tokens=self.max_new_tokens,
+                    match=self.match, progress=self.progress))
+        elif method == "generate":
+            rows = self.timed("gold_history", lambda: gold_generated_rows(
+                self.model, self.processor, recs, imgs, max_new_tokens=self.max_new_tokens, progress=self.progress))
+            if self.match is not None:
+                for r in rows:
+                    r.update(verdict(r["pred"], r["gold"], self.match))
+                    r["exact"] = r["pred"] == r["gold"]
         else:
-            ranker = LikelihoodRanker(model, processor, None)
+            raise MMDialogError(f"gold_method must be teacher_forced or generate, got {method!r}")
+        self.preds["gold_history"] = rows
+        if self.world:
+            g = summarise(rows)
+            m.update(accuracy=g["accuracy"], counts=g["counts"], modes={"gold_history": g})
+        m["gold_history"] = self.groups(rows)
+
+    def own(self, n: int) -> None:
+        m, subset = self.metrics, self.records[:n]
+        rows = self.preds["own_history"] = self.timed("own_history", lambda: own_history_rows(
+            self.model, self.processor, subset, self.images, max_new_tokens=self.max_new_tokens,
+            progress=self.progress, match=self.match, failed=self.failed))
+        ids = {r["id"] for r in rows}
+        same = [r for r in self.preds["gold_history"] if r["id"] in ids]
+        m["own_history"] = self.groups(rows)
+        m["gold_history_same_dialogues"] = self.groups(same)
+        gap = difference_groups(m["gold_history_same_dialogues"], m["own_history"])
+        if self.world:
+            gold_same, own = summarise(same), summarise(rows)
+            m["modes"]["own_history"] = own
+            m["modes"]["gold_history_same_dialogues"] = gold_same
+            gap = {**difference(gold_same, own), **gap}
+            m["own_history_scripted"] = scripted_verdicts(rows, gold_same)
+        m["gap"] = {"dialogues": len(ids), **gap}
+
+    def ablations(self, names: tuple[str, ...], n: int) -> None:
+        m, abl_records = self.metrics, self.records[:n]
+        m["ablations"] = {}
+        for name in names:
+            if name not in ABLATIONS:
+                raise MMDialogError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
+            self.preds[name] = self.timed(name, lambda: teacher_forced_rows(
+                self.scorer, ABLATIONS[name](), abl_records, self.images, progress=self.progress,
+                annotate=self.annotate, gold=self.forced))
+            m["ablations"][name] = self.both(self.preds[name])
+        if not m["ablations"]:
+            return
+        ids = {r["id"] for r in abl_records}
+        abl_gold_rows = [r for r in self.preds["gold_history"] if r["id"] in ids]
+        # the gold history on those dialogues, scored as the ablations (greedy exact match)
+        exact = "exact" if self.match is not None else "correct"
+        reference = m["ablation_reference"] = self.groups(abl_gold_rows, exact)
+        if self.world and n < len(self.records):  # compare with the gold history on the same dialogues
+            m["modes"]["gold_history_ablation_dialogues"] = summarise(abl_gold_rows)
+        if "no_history" in m["ablations"]:
+            gain = difference_groups(reference, m["ablations"]["no_history"])
+            if self.world:
+                abl_gold = m["modes"].get("gold_history_ablation_dialogues") or m["modes"]["gold_history"]
+                gain = {**difference(abl_gold, m["ablations"]["no_history"]), **gain}
+            m["history_gain"] = gain
+
+    def ranking(self, ranking: int | None) -> None:
+        recs = self.records
+        pool = recs if self.world else [rec for rec in recs if any("candidates" in rd for rd in rec["rounds"])]
+        n = len(pool) if ranking is None else min(ranking, len(pool))
+        if not n:
+            return
+        if self.world:
+            golds = sorted({rd["answer"] for rec in recs for rd in rec["rounds"] if rd.get("scored", True)})
+            ranker = LikelihoodRanker(self.model, self.processor, world_candidates(golds))
+        else:
+            ranker = LikelihoodRanker(self.model, self.processor, None)
 
         def rank_all():
             out = []
-            for rec in tqdm(rank_pool[:n_rank], desc="ranking", disable=not progress, leave=False):
-                out.extend(ranker.score_record(rec, world_dir, image=images.get(rec["id"])))
+            for rec in tqdm(pool[:n], desc="ranking", disable=not self.progress, leave=False):
+                out.extend(ranker.score_record(rec, self.world_dir, image=self.images.get(rec["id"])))
             return out
 
-        ranking_rows = timed("ranking", rank_all)
-        n_cands = [r["candidates"] for r in ranking_rows]
-        metrics["ranking"] = {**summarise_ranking(ranking_rows), "dialogues": n_rank,
-                              "candidates": len(ranker.candidates.texts) if world else
-                              (sum(n_cands) / len(n_cands) if n_cands else 0)}
-
-    metrics["eval"] = {"gold_method": gold_method, "match": match, "group_by": list(group_by),
-                       "numeric_labels": sorted(numeric), "dialogues": len(records), "max_new_tokens": max_new_tokens,
-                       "own_history_dialogues": n_own, "ranking_dialogues": n_rank,
-                       "ablation_dialogues": n_abl if metrics["ablations"] else 0, "seconds": seconds,
-                       "wall_seconds": round(sum(seconds.values()), 3)}
-    metrics["failed_dialogues"] = failed
-    return LabResult(metrics, preds, ranking_rows)
+        rows = self.ranking_rows = self.timed("ranking", rank_all)
+        n_cands = [r["candidates"] for r in rows]
+        self.metrics["ranking"] = {**summarise_ranking(rows), "dialogues": n,
+                                   "candidates": len(ranker.candidates.texts) if self.world else
+                                   (sum(n_cands) / len(n_cands) if n_cands else 0)}
 
 
 # ----------------------------------------------------------------------------- several runs
