@@ -3,6 +3,7 @@ re-derived from the words and the decoded files (never the programs), the checke
 back by the ShareGPT reader, the processor and `data check`."""
 
 import copy
+import hashlib
 import json
 import re
 import wave
@@ -26,6 +27,11 @@ from tests.data.worlds.test_shapes import DESC_RE, PLURAL_RE, desc_from, plural_
 
 SEED = 5
 N_READ = 120  # dialogues read from their files by the independent reader
+# sha256 of the records (json, sorted keys) and of the files (path, bytes) of make_media_dialogue(seed, "train",
+# 0..11) for seeds 0 and 1 with all modalities and seed 2 with pictures alone, as drawn on 2026-12-07 (unchanged
+# by the split of media.py into media_state/_clips/_beeps/_pictures/_dialogue): a change of the data shows here.
+MEDIA_RECORDS_SHA = "5927dc0828c6476bf164b166ce5b7b3e450fb43b02e7d32841901bf8fcd569ba"
+MEDIA_FILES_SHA = "6d36af3ebe8156b75f9e5153dae645d2b15d54884efae7841f64c1b729753b78"
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +347,18 @@ def test_distance_family_and_media_mix():
     assert all(s["by_distance"][d] > 0.08 for d in ("0", "1", "2", "3+")), s["by_distance"]
     assert all(s["by_family"][f] > 0.03 for f in ("count", "attribute", "motion", "beeps", "compare", "cross"))
     assert s["by_ref"]["far"] > 0.02 and s["by_ref"]["media"] > 0.15
+
+
+def test_media_dialogues_keep_their_records_and_bytes():
+    records, files = hashlib.sha256(), hashlib.sha256()
+    for seed, modalities in ((0, "all"), (1, "all"), (2, "image")):
+        for i in range(12):
+            record, data = make_media_dialogue(seed, "train", i, modalities=modalities)
+            records.update(json.dumps(record, sort_keys=True).encode())
+            for path in sorted(data):
+                files.update(path.encode())
+                files.update(data[path])
+    assert (records.hexdigest(), files.hexdigest()) == (MEDIA_RECORDS_SHA, MEDIA_FILES_SHA)
 
 
 def test_same_seed_same_bytes_and_the_picture_world_untouched(world, tmp_path):

@@ -19,7 +19,8 @@ import numpy as np
 
 from mmdialog.data.conversation import MEDIA_PARTS, Conversation, Text
 from mmdialog.data.worlds.shapes.beeps import CLIP_SECONDS, PITCHES, SAMPLE_RATE, Beeps, encode_wav, waveform
-from mmdialog.data.worlds.shapes.media import FAMILIES, KINDS, MODALITIES, REFS, generate_media_dialogue
+from mmdialog.data.worlds.shapes.media import FAMILIES, KINDS, MODALITIES, REFS
+from mmdialog.data.worlds.shapes.media_dialogue import generate_media_dialogue
 from mmdialog.data.worlds.shapes.motion import CLIP_FRAMES, FRAME_MS, Clip, clip_frames
 from mmdialog.data.worlds.shapes.render import encode_apng, encode_png, render
 from mmdialog.data.worlds.shapes.scene import Draws, Scene, check_image_size
