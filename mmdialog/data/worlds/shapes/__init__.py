@@ -7,7 +7,8 @@ multi-round dialogues whose every answer (and dependency distance) is known.
 
 The file format is described in docs/world.md. Media dialogues (clips, beeps, second
 pictures in later turns; opt-in: `generate_world(..., modalities=("image", "audio", "video"))`) are in
-media.py (words), media_io.py (files) and media_check.py (proof of every round).
+media.py (words), media_dialogue.py (the families put together: media_state.py, media_clips.py,
+media_beeps.py, media_pictures.py), media_io.py (files) and media_check.py (proof of every round).
 """
 
 from mmdialog.data.worlds.shapes.check import check_record
