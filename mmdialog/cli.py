@@ -1,15 +1,22 @@
 """`mmdialog {demo,world,train,pretrain,eval,explain,report,experiment,chat,data,export,serve}`: the flags of each
 subcommand, and one function per subcommand that calls what does the work (a recipe in mmdialog/recipes/ or a
-package's function) with them; errors print one clear line."""
+package's function) with them; errors print one clear line.
+
+world, eval, chat and serve declare their options once, as a dataclass of `option` fields (mmdialog/options.py):
+the flags are built from it and its values go to the function or config dataclass that does the work under that
+one's parameter names, so adding an option is one field."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from mmdialog.config import WorldConfig
 from mmdialog.errors import MMDialogError
+from mmdialog.options import add_options, kwargs_for, option, read
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 PRETRAIN_CONFIG = DEMO_CONFIG.parent / "pretrain.yaml"
@@ -22,14 +29,51 @@ def _config(args, default: Path = DEMO_CONFIG):
     return load_config(path, args.overrides)
 
 
+def _unless_negative(n: int) -> int | None:
+    """-1 on the command line: None (all) for the lab."""
+    return None if n < 0 else n
+
+
+def _or_empty(values):
+    """A list flag not given (None): ()."""
+    return values or ()
+
+
+@dataclass(kw_only=True)
+class WorldOptions:
+    """`mmdialog world`: generate_world's arguments, with the defaults of a config's world section."""
+
+    out: str = option(help="directory to write", required=True)
+    dialogues: int = option(WorldConfig.dialogues, f"number of dialogues over all splits (default: "
+                                                   f"{WorldConfig.dialogues}, as world.dialogues)")
+    seed: int = option(WorldConfig.seed)
+    image_size: int = option(WorldConfig.image_size)
+    rounds: int = option(8, "question rounds per dialogue after the caption")
+    held_out: list[str] | None = option(
+        None, "add held-out test splits, comma-separated or repeated: long (test_long: at least twice the rounds), "
+              "combos (test_combos: shape-colour pairs that train/val/test never show; this changes "
+              "train/val/test), paraphrase (test_paraphrase: questions in unseen wordings), or all",
+        action="append", metavar="KINDS", convert=_or_empty)
+    held_out_dialogues: int | None = option(None, "dialogues per held-out split (default: as many as test)")
+    phrasing: str = option(WorldConfig.phrasing,
+                           "ordinary (default): questions in the wordings and forms people type (color/colour, "
+                           "objects/things, big/large, lower case, no '?', short follow-ups) and a few turns not about "
+                           "the picture; canonical: every question in its template's words",
+                           choices=["ordinary", "canonical"])
+    long_rounds: int | None = option(None, "question rounds of test_long (default and minimum: 2 x --rounds)")
+    modalities: str = option("image", "image (default: the picture world only), or with audio and/or video (e.g. "
+                                      "image,audio,video or all): also write media dialogues to OUT/media/ "
+                                      "(ShareGPT-style JSONL): clips of moving shapes, beeps, and second pictures in "
+                                      "later turns", metavar="LIST")
+    media_dialogues: int | None = option(None, "media dialogues over all splits (default: as many as --dialogues); "
+                                               "with --modalities image: second pictures only")
+
+
 def cmd_world(args) -> None:
     from mmdialog.data.worlds.shapes import generate_world
 
-    summary = generate_world(Path(args.out), dialogues=args.dialogues, seed=args.seed, image_size=args.image_size,
-                             rounds=args.rounds, held_out=args.held_out or (),
-                             held_out_dialogues=args.held_out_dialogues, long_rounds=args.long_rounds,
-                             modalities=args.modalities, media_dialogues=args.media_dialogues,
-                             phrasing=args.phrasing)
+    o = read(WorldOptions, args)
+    summary = generate_world(Path(o.out), **kwargs_for(o, generate_world))
     print(json.dumps(summary, indent=2))
 
 
@@ -45,28 +89,64 @@ def cmd_pretrain(args) -> int:
     return main(_config(args, default=PRETRAIN_CONFIG), args.out, resume=args.resume)
 
 
+ABLATIONS = ["no_history", "last_1", "last_2", "last_4", "shuffled_history", "no_media"]
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    """`mmdialog eval`: run_eval's arguments (world) and run_file_eval's (--data); -1 means all (None)."""
+
+    checkpoint: list[str] = option(help="checkpoint or export directory; several (e.g. one per training seed): "
+                                        "mean and std", required=True, nargs="+", metavar="CKPT")
+    out: str = option(required=True)
+    world: str | None = option(None, "world directory (default: the one the checkpoint was trained on)")
+    data: str | None = option(None, "a dataset file (LLaVA JSON, ShareGPT or OpenAI chat JSONL) to evaluate instead "
+                                    "of the world", metavar="FILE")
+    format: str = option("auto", "--data's format (default: detected from its first records)",
+                         choices=["auto", "llava", "sharegpt", "openai"], to="fmt")
+    media_root: str | None = option(None, "--data's media paths are relative to it (default: the file's directory)")
+    group_by: list[str] | None = option(
+        None, "--data: split accuracy by these per-turn labels (meta.rounds[i] or the turn's labels); numeric ones "
+              "bucketed 0 / 1 / 2 / 3-5 / 6+, missing ones as none", nargs="+", metavar="LABEL",
+        convert=lambda v: tuple(v or ()))
+    match: str = option("normalised", "--data: how a reply is matched with the gold one (normalised: case, "
+                                      "surrounding whitespace, final punctuation, number words as digits); token F1 "
+                                      "is always reported", choices=["exact", "normalised", "contains"])
+    split: str = option("test", choices=["train", "val", "test", "test_long", "test_combos", "test_paraphrase"])
+    seeds: list[int] | None = option(None, "evaluate on a fresh sample of the split drawn with each seed (written to "
+                                           "OUT/worlds/), and report mean and std over them", nargs="+",
+                                     metavar="SEED", convert=_or_empty)
+    max_dialogues: int = option(0, "evaluate only the first N dialogues (with --data: the first N valid records; "
+                                   "0: all)")
+    own_history: int = option(-1, "run the real chat (own history, generated) on the first N dialogues (default: "
+                                  "all; 0: skip)", metavar="N", convert=_unless_negative)
+    ranking: int = option(-1, "rank candidate answers on the first N dialogues (default: all; 0: skip)", metavar="N",
+                          convert=_unless_negative)
+    ablations: list[str] = option(ABLATIONS, "ablations to run (default: all six; none: skip)", nargs="*",
+                                  metavar="NAME", convert=tuple)
+    ablation_dialogues: int = option(-1, "run the ablations on the first N dialogues (default: all)", metavar="N",
+                                     convert=_unless_negative)
+    no_heldout: bool = option(False, "skip the world's held-out splits", to="heldout", convert=lambda v: not v)
+    gold_method: str = option("teacher_forced", "how gold-history answers are decided: teacher forced (default, one "
+                                                "batched pass) or generated turn by turn (the slow reference; same "
+                                                "verdicts up to tokenisation)", choices=["teacher_forced", "generate"])
+
+
 def cmd_eval(args) -> None:
     from mmdialog.eval.run import run_eval, run_file_eval
 
-    if args.data:
-        if len(args.checkpoint) > 1:
-            raise MMDialogError(f"--data evaluates one checkpoint, got {len(args.checkpoint)}")
-        run_file_eval(args.checkpoint[0], args.data, args.out, fmt=args.format, media_root=args.media_root,
-                      group_by=tuple(args.group_by or ()), match=args.match, max_records=args.max_dialogues,
-                      own_history=None if args.own_history < 0 else args.own_history,
-                      ranking=None if args.ranking < 0 else args.ranking, ablations=tuple(args.ablations),
-                      ablation_dialogues=None if args.ablation_dialogues < 0 else args.ablation_dialogues,
-                      gold_method=args.gold_method)
-        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
+    o = read(EvalOptions, args)
+    if o.data:
+        if len(o.checkpoint) > 1:
+            raise MMDialogError(f"--data evaluates one checkpoint, got {len(o.checkpoint)}")
+        run_file_eval(checkpoint=o.checkpoint[0], max_records=o.max_dialogues,
+                      **kwargs_for(o, run_file_eval, skip={"checkpoint"}))
+        print(f"wrote {Path(o.out) / 'metrics.json'} and {Path(o.out) / 'summary.md'}")
         return
-    if args.world and Path(args.world).is_file():
-        raise MMDialogError(f"--world takes a world directory; {args.world} is a file: pass it as --data {args.world}")
-    run_eval(args.checkpoint, args.out, world=args.world, split=args.split, seeds=args.seeds or (),
-             max_dialogues=args.max_dialogues, own_history=None if args.own_history < 0 else args.own_history,
-             ranking=None if args.ranking < 0 else args.ranking, ablations=tuple(args.ablations),
-             ablation_dialogues=None if args.ablation_dialogues < 0 else args.ablation_dialogues,
-             heldout=not args.no_heldout, gold_method=args.gold_method)
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
+    if o.world and Path(o.world).is_file():
+        raise MMDialogError(f"--world takes a world directory; {o.world} is a file: pass it as --data {o.world}")
+    run_eval(o.checkpoint, **kwargs_for(o, run_eval))
+    print(f"wrote {Path(o.out) / 'metrics.json'} and {Path(o.out) / 'summary.md'}")
 
 
 def cmd_explain(args) -> None:
@@ -96,19 +176,66 @@ def cmd_experiment(args) -> int:
                 own_dialogues=args.own_dialogues)
 
 
+@dataclass(kw_only=True)
+class ChatOptions:
+    """`mmdialog chat`: the sampling fields are SamplingParams' (with its defaults: tests/test_cli.py checks them;
+    importing it here would import torch for --help), the rest chat_loop's."""
+
+    checkpoint: str = option(required=True)
+    max_new_tokens: int = option(32)
+    policy: str = option("full", "context policy: full, last_k:K, token_budget:TOKENS or summary:KEEP (default: full)")
+    system: str | None = option(None, "a system prompt for the conversation")
+    temperature: float = option(0.0, "0 (default): greedy")
+    top_k: int = option(0, "0 (default): off")
+    top_p: float = option(1.0, "1.0 (default): off")
+    repetition_penalty: float = option(1.0, "1.0 (default): off")
+    stop: list[str] | None = option(None, "end a reply at TEXT (repeatable)", action="append", metavar="TEXT",
+                                    convert=lambda v: v or [])
+    seed: int | None = option(None, "seed for sampling (same seed, same replies)")
+
+
 def cmd_chat(args) -> None:
     from mmdialog.chat.cli import chat_loop
     from mmdialog.chat.policies import parse_policy
     from mmdialog.chat.sampling import SamplingParams
     from mmdialog.modelio import load_any
 
-    policy = parse_policy(args.policy)
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
-                              seed=args.seed)
-    ck = load_any(args.checkpoint)
-    chat_loop(ck.model, ck.processor, max_new_tokens=args.max_new_tokens, policy=policy, sampling=sampling,
-              system=args.system)
+    o = read(ChatOptions, args)
+    policy = parse_policy(o.policy)
+    sampling = SamplingParams(**kwargs_for(o, SamplingParams))
+    ck = load_any(o.checkpoint)
+    chat_loop(ck.model, ck.processor, policy=policy, sampling=sampling, **kwargs_for(o, chat_loop, skip={"policy"}))
+
+
+@dataclass(kw_only=True)
+class ServeOptions:
+    """`mmdialog serve`: serve()'s arguments, with its defaults (tests/test_cli.py checks them)."""
+
+    checkpoint: str = option(help="a training checkpoint or an export", required=True)
+    host: str = option("127.0.0.1", "interface to listen on (default: %(default)s, this machine only)")
+    port: int = option(8000, "port to listen on (default: %(default)s)")
+    api_key: list[str] | None = option(
+        None, "require 'Authorization: Bearer KEY' on the /v1 endpoints; /health and the page at / (which asks for "
+              "the key) stay open. Repeat it for several clients: each key's cached sessions are its own (default: "
+              "$MMDIALOG_API_KEY, else none: anyone who reaches the port may use it)", action="append", metavar="KEY")
+    allowed_host: list[str] = option([], "a name the Host header may carry besides IP addresses, localhost and --host "
+                                         "(repeatable; other names are refused, against DNS rebinding) (default: "
+                                         "none)", action="append", metavar="NAME", to="allowed_hosts")
+    allow_dir: str | None = option(None, "let requests name local image files under this directory (default: none)")
+    model_name: str | None = option(None, "the model id clients send and /v1/models lists (default: mmdialog)")
+    max_new_tokens: int = option(64, "reply length when a request gives no max_tokens (default: %(default)s)")
+    cache_mb: int = option(512, "memory for what is kept between requests: sessions' KV caches, token ids and "
+                                "conversations, and encoded images; least recently used go first (default: "
+                                "%(default)s)")
+    max_body_mb: float = option(16, "largest request body accepted (default: %(default)s)")
+    max_images: int = option(8, "most images in one request (default: %(default)s)")
+    max_image_pixels: int = option(4096 * 4096, "most pixels (width x height) of one image, read from its header "
+                                                "before it is decoded (default: %(default)s)")
+    workers: int = option(4, "requests parsed, tokenised and generated at once (default: %(default)s)")
+    queue: int = option(64, "requests that may wait for a worker; beyond them 429 with Retry-After (default: "
+                            "%(default)s)")
+    timeout: float = option(300, "seconds a request may take, waiting included, before it gets 504 (default: "
+                                 "%(default)s)", to="timeout_s")
 
 
 def cmd_serve(args) -> None:
@@ -116,11 +243,9 @@ def cmd_serve(args) -> None:
 
     from mmdialog.serve import serve
 
-    keys = args.api_key or [k for k in [os.environ.get("MMDIALOG_API_KEY")] if k]
-    serve(args.checkpoint, host=args.host, port=args.port, api_key=keys, allow_dir=args.allow_dir,
-          model_name=args.model_name, max_new_tokens=args.max_new_tokens, cache_mb=args.cache_mb,
-          max_body_mb=args.max_body_mb, max_images=args.max_images, max_image_pixels=args.max_image_pixels,
-          workers=args.workers, queue=args.queue, timeout_s=args.timeout, allowed_hosts=args.allowed_host)
+    o = read(ServeOptions, args)
+    keys = o.api_key or [k for k in [os.environ.get("MMDIALOG_API_KEY")] if k]
+    serve(**{**kwargs_for(o, serve), "api_key": keys})
 
 
 def cmd_data_check(args) -> int:
@@ -144,50 +269,27 @@ def cmd_demo(args) -> int:
     return main(_config(args), args.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mmdialog.config import WorldConfig
+def _with_config(sp) -> None:
+    sp.add_argument("--config", help="YAML config (default: configs/demo.yaml)")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as train.max_steps=100")
 
-    p = argparse.ArgumentParser(prog="mmdialog", description="Multimodal multi-turn dialogue models: build, train, evaluate, chat, serve.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(sp):
-        sp.add_argument("--config", help="YAML config (default: configs/demo.yaml)")
-        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as train.max_steps=100")
-
+def _demo_parser(sub) -> None:
     sp = sub.add_parser("demo", help="generate the world, train, evaluate, write a transcript and plots",
                         description="The main job: world -> training -> multi-turn evaluation -> transcript + plots.")
     sp.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    with_config(sp)
+    _with_config(sp)
     sp.set_defaults(func=cmd_demo)
 
+
+def _world_parser(sub) -> None:
     sp = sub.add_parser("world", help="write the built-in shapes world (JSONL + PNG, train/val/test)",
                         description="Generate the seeded shapes world: same seed, same bytes.")
-    sp.add_argument("--out", required=True, help="directory to write")
-    world = WorldConfig()  # the same defaults as a config's world section
-    sp.add_argument("--dialogues", type=int, default=world.dialogues,
-                    help=f"number of dialogues over all splits (default: {world.dialogues}, as world.dialogues)")
-    sp.add_argument("--seed", type=int, default=world.seed)
-    sp.add_argument("--image-size", type=int, default=world.image_size)
-    sp.add_argument("--rounds", type=int, default=8, help="question rounds per dialogue after the caption")
-    sp.add_argument("--held-out", action="append", metavar="KINDS",
-                    help="add held-out test splits, comma-separated or repeated: long (test_long: at least twice "
-                         "the rounds), combos (test_combos: shape-colour pairs that train/val/test never show; "
-                         "this changes train/val/test), paraphrase (test_paraphrase: questions in unseen "
-                         "wordings), or all")
-    sp.add_argument("--held-out-dialogues", type=int, help="dialogues per held-out split (default: as many as test)")
-    sp.add_argument("--phrasing", choices=["ordinary", "canonical"], default="ordinary",
-                    help="ordinary (default): questions in the wordings and forms people type (color/colour, "
-                         "objects/things, big/large, lower case, no '?', short follow-ups) and a few turns not about "
-                         "the picture; canonical: every question in its template's words")
-    sp.add_argument("--long-rounds", type=int, help="question rounds of test_long (default and minimum: 2 x --rounds)")
-    sp.add_argument("--modalities", default="image", metavar="LIST",
-                    help="image (default: the picture world only), or with audio and/or video (e.g. image,audio,video "
-                         "or all): also write media dialogues to OUT/media/ (ShareGPT-style JSONL): clips of moving "
-                         "shapes, beeps, and second pictures in later turns")
-    sp.add_argument("--media-dialogues", type=int, help="media dialogues over all splits (default: as many as "
-                                                        "--dialogues); with --modalities image: second pictures only")
+    add_options(sp, WorldOptions)
     sp.set_defaults(func=cmd_world)
 
+
+def _train_parser(sub) -> None:
     sp = sub.add_parser("train", help="train a model from a config (torchrun for several processes)",
                         description="Train; writes OUT/checkpoint (the final model) and OUT/train_log.jsonl, and with "
                                     "train.save_every=N resumable checkpoints in OUT/checkpoints/ (the last "
@@ -198,9 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true",
                     help="continue from the latest checkpoint in OUT/checkpoints/ (weights, optimizer, schedule, RNG "
                          "states, data position); starts afresh when there is none")
-    with_config(sp)
+    _with_config(sp)
     sp.set_defaults(func=cmd_train)
 
+
+def _pretrain_parser(sub) -> None:
     sp = sub.add_parser("pretrain", help="pretrain on (media, caption[, question, answer]) pairs with a weighted "
                                          "mixture of objectives; fine-tune the result with train.init_from",
                         description="Pretrain the model of the config's model section on paired data with the "
@@ -228,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="config overrides such as pretrain.objectives.masked=0 or train.max_steps=100")
     sp.set_defaults(func=cmd_pretrain)
 
+
+def _eval_parser(sub) -> None:
     sp = sub.add_parser("eval", help="multi-turn evaluation lab: accuracy by distance, gold vs own history, "
                                      "ablations, ranking, held-out splits",
                         description="Evaluate checkpoints on a split of the world: exact-match accuracy overall, by "
@@ -242,43 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "ShareGPT or OpenAI file (read and checked as training reads it; invalid records "
                                     "listed with their reasons), by round and by per-turn labels (--group-by), answers "
                                     "matched by --match with token F1, candidates (meta.candidates) ranked.")
-    sp.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
-                    help="checkpoint or export directory; several (e.g. one per training seed): mean and std")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--world", help="world directory (default: the one the checkpoint was trained on)")
-    sp.add_argument("--data", metavar="FILE", help="a dataset file (LLaVA JSON, ShareGPT or OpenAI chat JSONL) to "
-                                                   "evaluate instead of the world")
-    sp.add_argument("--format", default="auto", choices=["auto", "llava", "sharegpt", "openai"],
-                    help="--data's format (default: detected from its first records)")
-    sp.add_argument("--media-root", help="--data's media paths are relative to it (default: the file's directory)")
-    sp.add_argument("--group-by", nargs="+", metavar="LABEL",
-                    help="--data: split accuracy by these per-turn labels (meta.rounds[i] or the turn's labels); "
-                         "numeric ones bucketed 0 / 1 / 2 / 3-5 / 6+, missing ones as none")
-    sp.add_argument("--match", default="normalised", choices=["exact", "normalised", "contains"],
-                    help="--data: how a reply is matched with the gold one (normalised: case, surrounding "
-                         "whitespace, final punctuation, number words as digits); token F1 is always reported")
-    sp.add_argument("--split", default="test",
-                    choices=["train", "val", "test", "test_long", "test_combos", "test_paraphrase"])
-    sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                    help="evaluate on a fresh sample of the split drawn with each seed (written to OUT/worlds/), "
-                         "and report mean and std over them")
-    sp.add_argument("--max-dialogues", type=int, default=0,
-                    help="evaluate only the first N dialogues (with --data: the first N valid records; 0: all)")
-    sp.add_argument("--own-history", type=int, default=-1, metavar="N",
-                    help="run the real chat (own history, generated) on the first N dialogues (default: all; 0: skip)")
-    sp.add_argument("--ranking", type=int, default=-1, metavar="N",
-                    help="rank candidate answers on the first N dialogues (default: all; 0: skip)")
-    sp.add_argument("--ablations", nargs="*", default=["no_history", "last_1", "last_2", "last_4", "shuffled_history",
-                                                       "no_media"], metavar="NAME",
-                    help="ablations to run (default: all six; none: skip)")
-    sp.add_argument("--ablation-dialogues", type=int, default=-1, metavar="N",
-                    help="run the ablations on the first N dialogues (default: all)")
-    sp.add_argument("--no-heldout", action="store_true", help="skip the world's held-out splits")
-    sp.add_argument("--gold-method", default="teacher_forced", choices=["teacher_forced", "generate"],
-                    help="how gold-history answers are decided: teacher forced (default, one batched pass) or "
-                         "generated turn by turn (the slow reference; same verdicts up to tokenisation)")
+    add_options(sp, EvalOptions)
     sp.set_defaults(func=cmd_eval)
 
+
+def _explain_parser(sub) -> None:
     sp = sub.add_parser("explain", help="attention views of one dialogue: per answer, to each earlier round, the "
                                         "image and the question; image-patch heatmaps",
                         description="For each answer of a dialogue (gold history): how much attention went to each "
@@ -293,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", help="split holding the dialogue (default: from the id, e.g. test for test-00012)")
     sp.set_defaults(func=cmd_explain)
 
+
+def _report_parser(sub) -> None:
     sp = sub.add_parser("report", help="one self-contained HTML page over run directories",
                         description="Build one HTML page (images embedded) from run directories: training curves, "
                                     "accuracy tables and plots (by distance and round, gold vs own history, "
@@ -303,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the HTML file to write")
     sp.set_defaults(func=cmd_report)
 
+
+def _experiment_parser(sub) -> None:
     sp = sub.add_parser("experiment", help="train variants and compare their multi-turn skill (the lab's experiment)",
                         description="multiturn: train variants of the same model on the same world (loss on every "
                                     "assistant turn vs the last one only; with and without history augmentation) "
@@ -331,25 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval-dialogues", type=int, default=300, help="test dialogues each run is evaluated on")
     sp.add_argument("--own-dialogues", type=int, default=100,
                     help="multiturn: of those, the ones chatted through (own history) under each policy")
-    with_config(sp)
+    _with_config(sp)
     sp.set_defaults(func=cmd_experiment)
 
+
+def _chat_parser(sub) -> None:
     sp = sub.add_parser("chat", help="terminal chat with a checkpoint (KV cache kept across turns)",
                         description="Chat in the terminal; replies stream in. Commands: /image PATH, /policy NAME [ARG], "
                                     "/undo, /retry, /reset, /save FILE, /load FILE, /help, /quit.")
-    sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--max-new-tokens", type=int, default=32)
-    sp.add_argument("--policy", default="full",
-                    help="context policy: full, last_k:K, token_budget:TOKENS or summary:KEEP (default: full)")
-    sp.add_argument("--system", help="a system prompt for the conversation")
-    sp.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
-    sp.add_argument("--top-k", type=int, default=0, help="0 (default): off")
-    sp.add_argument("--top-p", type=float, default=1.0, help="1.0 (default): off")
-    sp.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 (default): off")
-    sp.add_argument("--stop", action="append", metavar="TEXT", help="end a reply at TEXT (repeatable)")
-    sp.add_argument("--seed", type=int, help="seed for sampling (same seed, same replies)")
+    add_options(sp, ChatOptions)
     sp.set_defaults(func=cmd_chat)
 
+
+def _data_parser(sub) -> None:
     sp = sub.add_parser("data", help="check dataset files (LLaVA, ShareGPT, OpenAI chat) before training",
                         description="Dataset files in LLaVA, ShareGPT-style or OpenAI chat format.")
     data = sp.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -372,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "reason}], files [per-file reports]")
     sp.set_defaults(func=cmd_data_check)
 
+
+def _export_parser(sub) -> None:
     sp = sub.add_parser("export", help="write a checkpoint as config.json + safetensors + tokenizer files",
                         description="Export a checkpoint to a directory in the Hugging Face layout: config.json, "
                                     "model.safetensors (sharded past --max-shard-size, with "
@@ -382,40 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB, 500MB, 200MiB (default: 5GB)")
     sp.set_defaults(func=cmd_export)
 
+
+def _serve_parser(sub) -> None:
     sp = sub.add_parser("serve", help="OpenAI-compatible HTTP API and a web chat page",
                         description="Serve /v1/chat/completions (streaming too), /v1/models, /health and a chat page "
                                     "at /. Sessions are cached across requests that extend an earlier conversation, "
                                     "and reused only within one API key (and one cache_salt or user field).")
-    sp.add_argument("--checkpoint", required=True, help="a training checkpoint or an export")
-    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s, this machine "
-                                                         "only)")
-    sp.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    sp.add_argument("--api-key", action="append", metavar="KEY",
-                    help="require 'Authorization: Bearer KEY' on the /v1 endpoints; /health and the page at / (which "
-                         "asks for the key) stay open. Repeat it for several clients: each key's cached sessions "
-                         "are its own (default: $MMDIALOG_API_KEY, else none: anyone who reaches the port may use it)")
-    sp.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                    help="a name the Host header may carry besides IP addresses, localhost and --host (repeatable; "
-                         "other names are refused, against DNS rebinding) (default: none)")
-    sp.add_argument("--allow-dir", help="let requests name local image files under this directory (default: none)")
-    sp.add_argument("--model-name", help="the model id clients send and /v1/models lists (default: mmdialog)")
-    sp.add_argument("--max-new-tokens", type=int, default=64,
-                    help="reply length when a request gives no max_tokens (default: %(default)s)")
-    sp.add_argument("--cache-mb", type=int, default=512,
-                    help="memory for what is kept between requests: sessions' KV caches, token ids and conversations, "
-                         "and encoded images; least recently used go first (default: %(default)s)")
-    sp.add_argument("--max-body-mb", type=float, default=16, help="largest request body accepted (default: %(default)s)")
-    sp.add_argument("--max-images", type=int, default=8, help="most images in one request (default: %(default)s)")
-    sp.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
-                    help="most pixels (width x height) of one image, read from its header before it is decoded "
-                         "(default: %(default)s)")
-    sp.add_argument("--workers", type=int, default=4,
-                    help="requests parsed, tokenised and generated at once (default: %(default)s)")
-    sp.add_argument("--queue", type=int, default=64,
-                    help="requests that may wait for a worker; beyond them 429 with Retry-After (default: %(default)s)")
-    sp.add_argument("--timeout", type=float, default=300,
-                    help="seconds a request may take, waiting included, before it gets 504 (default: %(default)s)")
+    add_options(sp, ServeOptions)
     sp.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmdialog", description="Multimodal multi-turn dialogue models: build, train, evaluate, chat, serve.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_demo_parser, _world_parser, _train_parser, _pretrain_parser, _eval_parser, _explain_parser,
+                _report_parser, _experiment_parser, _chat_parser, _data_parser, _export_parser, _serve_parser):
+        add(sub)  # in this order in --help
     return p
 
 
