@@ -2,9 +2,10 @@
 subcommand, and one function per subcommand that calls what does the work (a recipe in mmdialog/recipes/ or a
 package's function) with them; errors print one clear line.
 
-world, eval, chat and serve declare their options once, as a dataclass of `option` fields (mmdialog/options.py):
-the flags are built from it and its values go to the function or config dataclass that does the work under that
-one's parameter names, so adding an option is one field."""
+Each command but demo, train and pretrain (which take a config, --out and --resume) declares its options once,
+as a dataclass of `option` fields (mmdialog/options.py): its flags are built from it, and its values go to the
+function or config dataclass that does the work under that one's parameter names, so adding an option is one
+field. tests/test_cli.py checks that the fields are the flags and that their defaults are the functions'."""
 
 from __future__ import annotations
 
@@ -149,31 +150,76 @@ def cmd_eval(args) -> None:
     print(f"wrote {Path(o.out) / 'metrics.json'} and {Path(o.out) / 'summary.md'}")
 
 
+@dataclass(kw_only=True)
+class ExplainOptions:
+    """`mmdialog explain`: explain_checkpoint's arguments."""
+
+    checkpoint: str = option(required=True)
+    dialogue: str = option(help="dialogue id, e.g. test-00012", required=True, metavar="ID")
+    out: str = option(required=True)
+    world: str | None = option(None, "world directory (default: the one the checkpoint was trained on)")
+    split: str | None = option(None, "split holding the dialogue (default: from the id, e.g. test for test-00012)")
+
+
 def cmd_explain(args) -> None:
     from mmdialog.explain import explain_checkpoint
 
-    result = explain_checkpoint(args.checkpoint, args.dialogue, args.out, world=args.world, split=args.split)
-    print(f"wrote {Path(args.out) / 'explain.md'}: " + ", ".join(result["files"]))
+    o = read(ExplainOptions, args)
+    result = explain_checkpoint(**kwargs_for(o, explain_checkpoint))
+    print(f"wrote {Path(o.out) / 'explain.md'}: " + ", ".join(result["files"]))
+
+
+@dataclass(kw_only=True)
+class ReportOptions:
+    """`mmdialog report`: build_report's arguments."""
+
+    runs: list[str] = option(help="directories holding metrics.json (or eval/metrics.json), train_log.jsonl, explain "
+                                  "outputs", positional=True, nargs="+", metavar="RUN_DIR", to="run_dirs")
+    out: str = option(help="the HTML file to write", required=True)
 
 
 def cmd_report(args) -> None:
     from mmdialog.eval.report import build_report
 
-    print(f"wrote {build_report(args.runs, args.out)}")
+    print(f"wrote {build_report(**kwargs_for(read(ReportOptions, args), build_report))}")
+
+
+FUSIONS = ["concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler"]
+
+
+@dataclass(kw_only=True)
+class ExperimentOptions:
+    """`mmdialog experiment`: the arguments of the two experiments' main (each takes the ones it knows) besides
+    the config (--config and KEY=VALUE, as demo and train take them)."""
+
+    name: str = option(help="the experiment to run", positional=True, choices=["multiturn", "fusion"])
+    out: str = option(required=True)
+    budget_minutes: float = option(30.0, "wall-clock budget; three quarters are split evenly between the training "
+                                         "runs (default 30; 0 trains each run train.max_steps steps instead: the "
+                                         "same work whatever else the machine does)")
+    seeds: list[int] | None = option(None, "training seeds per variant or fusion (default: 0 1 for multiturn, 0 for "
+                                           "fusion)", nargs="+")
+    fusions: list[str] = option(FUSIONS, "fusion: the fusions to compare (default: all six)", nargs="+",
+                                choices=FUSIONS, convert=tuple)
+    variants: list[str] = option(["every_turn", "last_turn", "every_turn+augment"], nargs="+",
+                                 choices=["every_turn", "last_turn", "every_turn+augment", "last_turn+augment"],
+                                 convert=tuple)
+    policies: list[str] = option(["full", "last_k:4", "token_budget:128", "summary:3"],
+                                 "context policies at inference (as chat --policy takes them)", nargs="+",
+                                 convert=tuple)
+    eval_dialogues: int = option(300, "test dialogues each run is evaluated on")
+    own_dialogues: int = option(100, "multiturn: of those, the ones chatted through (own history) under each policy")
 
 
 def cmd_experiment(args) -> int:
-    cfg = _config(args)
-    if args.name == "fusion":
+    o, cfg = read(ExperimentOptions, args), _config(args)
+    if o.name == "fusion":
         from mmdialog.recipes.fusion_experiment import main
 
-        return main(cfg, args.out, budget_minutes=args.budget_minutes, seeds=args.seeds or [0],
-                    fusions=tuple(args.fusions), eval_dialogues=args.eval_dialogues)
+        return main(cfg, seeds=o.seeds or [0], **kwargs_for(o, main, skip={"seeds"}))
     from mmdialog.recipes.experiment import main
 
-    return main(cfg, args.out, budget_minutes=args.budget_minutes, seeds=args.seeds or [0, 1],
-                variants=tuple(args.variants), policies=tuple(args.policies), eval_dialogues=args.eval_dialogues,
-                own_dialogues=args.own_dialogues)
+    return main(cfg, seeds=o.seeds or [0, 1], **kwargs_for(o, main, skip={"seeds"}))
 
 
 @dataclass(kw_only=True)
@@ -248,17 +294,42 @@ def cmd_serve(args) -> None:
     serve(**{**kwargs_for(o, serve), "api_key": keys})
 
 
+@dataclass(kw_only=True)
+class DataCheckOptions:
+    """`mmdialog data check`: the data-check recipe's arguments."""
+
+    files: list[str] = option(help="JSON array or JSON Lines file", positional=True, nargs="+", metavar="FILE")
+    format: str = option("auto", "record format (default: auto, from the first records' fields)",
+                         choices=["auto", "llava", "sharegpt", "openai"], to="fmt")
+    media_root: str | None = option(None, "media paths are relative to this directory and may not leave it "
+                                          "(default: each file's directory)")
+    max_length: int = option(0, "longest record: tokens with --checkpoint (default: its max_seq_len), else "
+                                "characters")
+    checkpoint: str | None = option(None, "a checkpoint or export: count tokens with its processor, and refuse media "
+                                          "it cannot encode, exactly as training on it would")
+    json: bool = option(False, "print a JSON object: records, valid, invalid [{file, line, reason}], files [per-file "
+                               "reports]", to="as_json")
+
+
 def cmd_data_check(args) -> int:
     from mmdialog.recipes.data_check import main
 
-    return main(args.files, fmt=args.format, media_root=args.media_root, max_length=args.max_length,
-                checkpoint=args.checkpoint, as_json=args.json)
+    return main(**kwargs_for(read(DataCheckOptions, args), main))
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """`mmdialog export`: export()'s arguments."""
+
+    checkpoint: str = option(help="checkpoint directory (or an earlier export)", positional=True, metavar="CKPT")
+    out: str = option(help="directory to write (replaced only if empty or an earlier export)", required=True)
+    max_shard_size: str = option("5GB", "largest weight file, e.g. 5GB, 500MB, 200MiB (default: 5GB)")
 
 
 def cmd_export(args) -> None:
     from mmdialog.modelio import export
 
-    s = export(args.checkpoint, args.out, max_shard_size=args.max_shard_size)
+    s = export(**kwargs_for(read(ExportOptions, args), export))
     print(f"exported {s['tensors']} tensors ({s['bytes']:,} bytes, {s['shards']} shard(s)) to {s['out']}: "
           + ", ".join(s["files"]))
 
@@ -360,11 +431,7 @@ def _explain_parser(sub) -> None:
                                     "so far, per decoder layer and averaged, as heatmaps over rounds; attention over "
                                     "the image patches laid over the image; the fusion's gates or weights where it "
                                     "exposes them. Writes PNGs, explain.json and explain.md (the report).")
-    sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--dialogue", required=True, metavar="ID", help="dialogue id, e.g. test-00012")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--world", help="world directory (default: the one the checkpoint was trained on)")
-    sp.add_argument("--split", help="split holding the dialogue (default: from the id, e.g. test for test-00012)")
+    add_options(sp, ExplainOptions)
     sp.set_defaults(func=cmd_explain)
 
 
@@ -374,9 +441,7 @@ def _report_parser(sub) -> None:
                                     "accuracy tables and plots (by distance and round, gold vs own history, "
                                     "ablations, held-out splits, ranking), explain heatmaps if present, and for "
                                     "several runs a side-by-side comparison.")
-    sp.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                    help="directories holding metrics.json (or eval/metrics.json), train_log.jsonl, explain outputs")
-    sp.add_argument("--out", required=True, help="the HTML file to write")
+    add_options(sp, ReportOptions)
     sp.set_defaults(func=cmd_report)
 
 
@@ -391,24 +456,7 @@ def _experiment_parser(sub) -> None:
                                     "dynamic, resampler) on the same world with the same budget and compare accuracy "
                                     "by dependency distance, parameters, training tokens/s and image tokens in the "
                                     "sequence (OUT/fusion.md, fusion.json, fusion.png, report.html).")
-    sp.add_argument("name", choices=["multiturn", "fusion"], help="the experiment to run")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--budget-minutes", type=float, default=30.0,
-                    help="wall-clock budget; three quarters are split evenly between the training runs (default 30; 0 trains "
-                         "each run train.max_steps steps instead: the same work whatever else the machine does)")
-    sp.add_argument("--seeds", type=int, nargs="+",
-                    help="training seeds per variant or fusion (default: 0 1 for multiturn, 0 for fusion)")
-    sp.add_argument("--fusions", nargs="+", default=["concat", "cross_attention", "interactive", "hierarchical",
-                                                     "dynamic", "resampler"],
-                    choices=["concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler"],
-                    help="fusion: the fusions to compare (default: all six)")
-    sp.add_argument("--variants", nargs="+", default=["every_turn", "last_turn", "every_turn+augment"],
-                    choices=["every_turn", "last_turn", "every_turn+augment", "last_turn+augment"])
-    sp.add_argument("--policies", nargs="+", default=["full", "last_k:4", "token_budget:128", "summary:3"],
-                    help="context policies at inference (as chat --policy takes them)")
-    sp.add_argument("--eval-dialogues", type=int, default=300, help="test dialogues each run is evaluated on")
-    sp.add_argument("--own-dialogues", type=int, default=100,
-                    help="multiturn: of those, the ones chatted through (own history) under each policy")
+    add_options(sp, ExperimentOptions)
     _with_config(sp)
     sp.set_defaults(func=cmd_experiment)
 
@@ -431,17 +479,7 @@ def _data_parser(sub) -> None:
                                      "differing from media count, missing or undecodable media, empty reply, over "
                                      "the maximum length. Training applies the same checks. Exit status 1 when a "
                                      "record is invalid.")
-    sp.add_argument("files", nargs="+", metavar="FILE", help="JSON array or JSON Lines file")
-    sp.add_argument("--format", default="auto", choices=["auto", "llava", "sharegpt", "openai"],
-                    help="record format (default: auto, from the first records' fields)")
-    sp.add_argument("--media-root", help="media paths are relative to this directory and may not leave it "
-                                         "(default: each file's directory)")
-    sp.add_argument("--max-length", type=int, default=0,
-                    help="longest record: tokens with --checkpoint (default: its max_seq_len), else characters")
-    sp.add_argument("--checkpoint", help="a checkpoint or export: count tokens with its processor, and refuse media "
-                                         "it cannot encode, exactly as training on it would")
-    sp.add_argument("--json", action="store_true", help="print a JSON object: records, valid, invalid [{file, line, "
-                                                         "reason}], files [per-file reports]")
+    add_options(sp, DataCheckOptions)
     sp.set_defaults(func=cmd_data_check)
 
 
@@ -451,9 +489,7 @@ def _export_parser(sub) -> None:
                                     "model.safetensors (sharded past --max-shard-size, with "
                                     "model.safetensors.index.json), tokenizer.json, tokenizer_config.json, "
                                     "chat_template.jinja. eval, chat, serve and data check take the directory as --checkpoint.")
-    sp.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or an earlier export)")
-    sp.add_argument("--out", required=True, help="directory to write (replaced only if empty or an earlier export)")
-    sp.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB, 500MB, 200MiB (default: 5GB)")
+    add_options(sp, ExportOptions)
     sp.set_defaults(func=cmd_export)
 
 

@@ -1,4 +1,4 @@
-"""The options that world, eval, chat and serve declare (mmdialog/options.py dataclasses in mmdialog/cli.py) are
+"""The options each command declares (mmdialog/options.py dataclasses in mmdialog/cli.py) are
 exactly their parsers' flags, parse to their declared defaults, and reach the functions that do the work with
 those functions' own defaults. (tests/integration/test_cli.py runs the commands themselves.)"""
 
@@ -19,6 +19,11 @@ COMMANDS = {
     "eval": (cli.EvalOptions, {"checkpoint": ["c"], "out": "o"}),
     "chat": (cli.ChatOptions, {"checkpoint": "c"}),
     "serve": (cli.ServeOptions, {"checkpoint": "c"}),
+    "explain": (cli.ExplainOptions, {"checkpoint": "c", "dialogue": "test-00001", "out": "o"}),
+    "report": (cli.ReportOptions, {"runs": ["r"], "out": "o"}),
+    "experiment": (cli.ExperimentOptions, {"name": "fusion", "out": "o"}),
+    "data check": (cli.DataCheckOptions, {"files": ["f"]}),
+    "export": (cli.ExportOptions, {"checkpoint": "c", "out": "o"}),
 }
 
 
@@ -26,6 +31,7 @@ COMMANDS = {
 OWN_FORM = {
     ("world", "modalities"): "the comma-separated 'image' that generate_world also takes for ('image',)",
     ("chat", "policy"): "the name 'full', which cmd_chat parses into the policy object chat_loop takes",
+    ("experiment", "seeds"): "None, for which cmd_experiment hands on [0] (fusion) or [0, 1] (multiturn)",
 }
 
 
@@ -44,32 +50,57 @@ def targets(command):
         from mmdialog.chat.sampling import SamplingParams
 
         return [SamplingParams, chat_loop], {"checkpoint"}
-    from mmdialog.serve import serve
+    if command == "serve":
+        from mmdialog.serve import serve
 
-    return [serve], set()
+        return [serve], set()
+    if command == "explain":
+        from mmdialog.explain import explain_checkpoint
+
+        return [explain_checkpoint], set()
+    if command == "report":
+        from mmdialog.eval.report import build_report
+
+        return [build_report], set()
+    if command == "experiment":
+        from mmdialog.recipes import experiment, fusion_experiment
+
+        return [experiment.main, fusion_experiment.main], {"name"}
+    if command == "data check":
+        from mmdialog.recipes.data_check import main
+
+        return [main], set()
+    from mmdialog.modelio import export
+
+    return [export], set()
 
 
 def subparser(command: str) -> argparse.ArgumentParser:
-    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command]
+    p = cli.build_parser()
+    for word in command.split():  # "data check": the check action of data
+        p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    return p
 
 
-def argv(required: dict) -> list[str]:
-    out = []
+def argv(command: str, required: dict) -> list[str]:
+    cls, _ = COMMANDS[command]
+    positional = {f.name for f in dataclasses.fields(cls) if f.metadata["positional"]}
+    out = command.split()
     for name, value in required.items():
-        out += ["--" + name.replace("_", "-"), *(value if isinstance(value, list) else [value])]
+        out += ([] if name in positional else ["--" + name.replace("_", "-")])
+        out += value if isinstance(value, list) else [value]
     return out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_declared_options_are_the_parsers_flags(command):
     cls, _ = COMMANDS[command]
-    flags = {a.dest: a for a in subparser(command)._actions if a.dest != "help"}
+    flags = {a.dest: a for a in subparser(command)._actions if a.dest not in {"help", "config", "overrides"}}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     assert set(flags) == set(fields), "a flag added by hand, or a field that is no flag"
     for names, kw in argparse_args(cls):
         action = flags[kw.get("dest", names[0])]
-        assert action.option_strings == list(names)
+        assert action.option_strings == (list(names) if "dest" in kw else [])  # [] for a positional
         for key in ["type", "choices", "nargs", "metavar", "required", "help"]:
             if key in kw:
                 assert getattr(action, key) == kw[key], (names, key)
@@ -78,9 +109,9 @@ def test_declared_options_are_the_parsers_flags(command):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_parsing_gives_the_declared_defaults(command):
     cls, required = COMMANDS[command]
-    args = cli.build_parser().parse_args([command, *argv(required)])
+    args = cli.build_parser().parse_args(argv(command, required))
     assert read(cls, args) == cls(**required)
-    assert args.func is getattr(cli, f"cmd_{command}")
+    assert args.func is getattr(cli, "cmd_" + command.replace(" ", "_"))
 
 
 @pytest.mark.parametrize("command", COMMANDS)
