@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import mmdialog.decoders  # noqa: F401  (registers the decoders)
 import mmdialog.encoders  # noqa: F401  (registers the encoders)
@@ -22,16 +24,20 @@ from mmdialog.errors import MMDialogError
 from mmdialog.fusion.common import Fusion
 from mmdialog.modalities import MODALITIES, NAMES
 from mmdialog.modules import KVCache
-from mmdialog.objectives import IGNORE_INDEX, lm_loss, shift_labels
+from mmdialog.objectives.lm import shift_labels, target_weights
 from mmdialog.registry import DECODERS, ENCODERS, FUSIONS
 
 
 @dataclass
 class ModelOutput:
-    loss: torch.Tensor | None  # () mean next-token cross-entropy over supervised targets; None without labels
-    logits: torch.Tensor | None  # (B, T, V) next-token logits at every position; None unless asked for
+    loss: torch.Tensor | None  # () mean next-token cross-entropy over supervised targets (weighted by loss_weights
+    #                            when given): loss_sum / target_weight, 0 without targets; None without labels
+    logits: torch.Tensor | None  # (B, T, V) next-token logits at every position, (B, k, V) at the last k with
+    #                              logits_to_keep=k; None unless asked for
     cache: KVCache | None  # the cache passed in, now also holding these T positions
     num_target_tokens: int  # supervised targets the loss averages over (0 without labels)
+    loss_sum: torch.Tensor | None = None  # () sum of the targets' weighted cross-entropies; None without labels
+    target_weight: torch.Tensor | None = None  # () sum of the targets' weights (their count without loss_weights)
 
 
 class MultimodalLM(nn.Module):
@@ -120,34 +126,46 @@ class MultimodalLM(nn.Module):
                 cache: KVCache | None = None, media_embeds: dict[str, torch.Tensor] | None = None,
                 return_logits: bool | None = None, audios: torch.Tensor | None = None,
                 videos: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None) -> ModelOutput:
+                segment_ids: torch.Tensor | None = None, loss_weights: torch.Tensor | None = None,
+                logits_to_keep: int | None = None) -> ModelOutput:
         """input_ids, attention_mask (1 = real), labels (-100 = no target): (B, T); images: (N, 3, H, W);
-        audios: (N, samples); videos: (N, F, 3, H, W); position_ids, segment_ids (B, T): packed rows (see hidden).
+        audios: (N, samples); videos: (N, F, 3, H, W); position_ids, segment_ids (B, T): packed rows (see hidden);
+        loss_weights (B, T): the weight of each token's message in the loss (collator, train.loss_turns=weighted).
 
         media_embeds is a precomputed encode_media() output (a chat session encodes each item once);
         cache, when given, already holds the earlier positions and is appended to.
-        return_logits defaults to True without labels and False with them.
+        return_logits defaults to True without labels and False with them; logits_to_keep=k projects only
+        the last k positions (a prefill needs the last one).
         """
         raw = {"images": images, "audios": audios, "videos": videos}
         if media_embeds is not None and any(v is not None for v in raw.values()):
             raise MMDialogError("pass images/audios/videos or media_embeds (their encoding), not both")
+        if loss_weights is not None and labels is None:
+            raise MMDialogError("loss_weights weigh the labels' targets: pass labels too")
         if return_logits is None:
             return_logits = labels is None
         media = media_embeds if media_embeds is not None else self.encode_media(**raw)
         hidden = self.hidden(input_ids, media, attention_mask=attention_mask, cache=cache, position_ids=position_ids,
                              segment_ids=segment_ids)  # (B, T, D)
-        logits = self.decoder.logits(hidden) if return_logits else None  # (B, T, V)
+        logits = None
+        if return_logits:
+            logits = self.decoder.logits(hidden if logits_to_keep is None else hidden[:, -logits_to_keep:])  # (B, T, V)
+        if labels is None:
+            return ModelOutput(loss=None, logits=logits, cache=cache, num_target_tokens=0)
 
-        loss, num_targets = None, 0
-        if labels is not None:
-            targets = shift_labels(labels)  # (B, T)
-            supervised = targets != IGNORE_INDEX  # (B, T)
-            # Most positions (system prompt, user turns, media, padding) have no target: project only
-            # the supervised ones onto the vocabulary, the most expensive matmul of a small model.
-            sup_logits = logits[supervised] if logits is not None else self.decoder.logits(hidden[supervised])  # (N, V)
-            loss = lm_loss(sup_logits, targets[supervised])
-            num_targets = int(supervised.sum())
-        return ModelOutput(loss=loss, logits=logits, cache=cache, num_target_tokens=num_targets)
+        w = target_weights(labels, loss_weights)  # (B, T): 0 where position t has no target
+        supervised = w > 0  # (B, T)
+        num_targets = int(supervised.sum())
+        # Most positions (system prompt, user turns, media, padding) have no target: project only
+        # the supervised ones onto the vocabulary, the most expensive matmul of a small model.
+        full = logits is not None and logits_to_keep is None
+        sup_logits = logits[supervised] if full else self.decoder.logits(hidden[supervised])  # (N, V)
+        # fp32: a bf16 log-softmax over a large vocabulary is visibly off
+        ce = F.cross_entropy(sup_logits.float(), shift_labels(labels)[supervised], reduction="none")  # (N,)
+        loss_sum, weight = (ce * w[supervised]).sum(), w.sum()
+        loss = loss_sum / torch.where(weight > 0, weight, 1.0)  # 0, still in the graph, without targets
+        return ModelOutput(loss=loss, logits=logits, cache=cache, num_target_tokens=num_targets, loss_sum=loss_sum,
+                           target_weight=weight)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, *, max_new_tokens: int,
@@ -162,21 +180,36 @@ class MultimodalLM(nn.Module):
         if input_ids.shape[0] != 1:
             raise MMDialogError(f"generate takes one prompt, shape (1, T); got {tuple(input_ids.shape)}")
         cache = KVCache() if cache is None else cache
-        hidden = self.hidden(input_ids, self.encode_media(images, audios, videos), cache=cache)  # (1, T, D)
+        logits = self(input_ids, images=images, audios=audios, videos=videos, cache=cache,
+                      logits_to_keep=1).logits[0, -1]  # (V,)
         # a placeholder token fed back would ask for a media item that is not there: never generated
         banned = torch.tensor(sorted(set(self.placeholder_ids.values())), dtype=torch.long, device=input_ids.device)
-        tokens: list[int] = []
-        for step in range(max_new_tokens):
-            if step > 0:  # feed the previous token; the last one returned is never fed
-                prev = torch.tensor([[tokens[-1]]], device=input_ids.device)  # (1, 1)
-                hidden = self.hidden(prev, cache=cache)  # (1, 1, D): cross-attention still sees the media
-            logits = self.decoder.logits(hidden[0, -1]).clone()  # (V,)
+
+        def greedy(logits: torch.Tensor) -> int:
+            logits = logits.clone()
             logits[banned[banned < logits.numel()]] = float("-inf")
-            next_id = int(logits.argmax())
-            tokens.append(next_id)
-            if next_id == eos_id:
-                break
-        return tokens
+            return int(logits.argmax())
+
+        def feed(token: int) -> torch.Tensor:  # cross-attention still sees the media: they are in the cache
+            return self(torch.tensor([[token]], device=input_ids.device), cache=cache, logits_to_keep=1).logits[0, -1]
+
+        return list(decode(logits, greedy, feed, max_new_tokens=max_new_tokens, end_id=eos_id))
+
+
+def decode(logits: torch.Tensor, choose: Callable[[torch.Tensor], int], feed: Callable[[int], torch.Tensor], *,
+           max_new_tokens: int, end_id: int | None = None) -> Iterator[int]:
+    """The decode loop (MultimodalLM.generate and chat sessions): choose a token from the next-token logits
+    (V,), yield it, feed it to get the next logits; at most max_new_tokens tokens, ending after end_id.
+
+    A token is fed only when the consumer asks for the next one, so the last token yielded is never fed,
+    and a consumer that stops early (a stop string) feeds nothing more.
+    """
+    for step in range(max_new_tokens):
+        token = choose(logits)
+        yield token  # the consumer may stop here
+        if token == end_id or step + 1 == max_new_tokens:
+            return
+        logits = feed(token)
 
 
 def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str, int]) -> MultimodalLM:

@@ -69,6 +69,43 @@ def test_loss_equals_full_logits_cross_entropy():
     torch.testing.assert_close(both.logits, full)
 
 
+def test_weighted_loss_and_the_objective_are_the_forward_loss():
+    """One loss path: loss_weights weigh each target in forward; NextTokenObjective returns forward's sums."""
+    from mmdialog.objectives.lm import NextTokenObjective
+
+    model = make_model()
+    b = batch()
+    weights = torch.rand(2, 16, generator=torch.Generator().manual_seed(2))
+    weights[0, 12:] = 0  # a message with weight 0 is not a target at all
+    out = model(**b, loss_weights=weights)
+    full = model(**{**b, "labels": None}).logits[:, :-1]  # (B, T-1, V)
+    ce = F.cross_entropy(full.reshape(-1, V), b["labels"][:, 1:].reshape(-1), ignore_index=-100,
+                         reduction="none").view(2, 15)
+    w = weights[:, 1:] * (b["labels"][:, 1:] != -100)
+    torch.testing.assert_close(out.loss_sum, (ce * w).sum(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.target_weight, w.sum())
+    torch.testing.assert_close(out.loss, (ce * w).sum() / w.sum(), atol=1e-5, rtol=1e-5)
+    assert out.num_target_tokens == int((w > 0).sum()) == 6 - 4 + 3  # a target t weighs with its token t + 1
+    loss_sum, weight = NextTokenObjective(model)({**b, "loss_weights": weights})
+    assert torch.equal(loss_sum, out.loss_sum) and torch.equal(weight, out.target_weight)
+    plain = model(**b)
+    assert plain.target_weight.item() == plain.num_target_tokens
+    none = model(**{**b, "labels": torch.full_like(b["labels"], -100)})
+    assert none.loss.item() == 0.0 and none.target_weight.item() == 0
+    with pytest.raises(MMDialogError, match="pass labels too"):
+        model(**{**b, "labels": None}, loss_weights=weights)
+
+
+def test_logits_to_keep_projects_only_the_last_positions():
+    model = make_model()
+    b = batch()
+    full = model(**{**b, "labels": None}).logits  # (B, T, V)
+    torch.testing.assert_close(model(**{**b, "labels": None}, logits_to_keep=1).logits, full[:, -1:])
+    both = model(**b, return_logits=True, logits_to_keep=3)
+    torch.testing.assert_close(both.logits, full[:, -3:])
+    torch.testing.assert_close(both.loss, model(**b).loss)
+
+
 def test_gradient_reaches_the_image_encoder():
     model = make_model().train()
     model(**batch()).loss.backward()

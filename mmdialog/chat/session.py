@@ -34,7 +34,7 @@ from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import TooLong
 from mmdialog.errors import MMDialogError
 from mmdialog.modalities import by_name
-from mmdialog.model import MultimodalLM
+from mmdialog.model import MultimodalLM, decode
 from mmdialog.modules.kv_cache import KVCache
 
 
@@ -243,11 +243,19 @@ class ChatSession:
         stream = TextStream(tok.decode, params.stop)
         room = self.model.decoder.max_seq_len - len(self.cached_ids)  # positions left after the prompt
         done = False
+
+        def feed(token: int) -> torch.Tensor:  # (V,) logits after one more token; the last one is never fed
+            logits = self._feed([token], [])
+            self.cached_ids.append(token)
+            self.stats["decode_tokens"] += 1
+            return logits
+
         try:
             ids = reply.token_ids
             reply.finish_reason = "length"
-            for step in range(min(params.max_new_tokens, room)):
-                nxt = sampler(logits, ids)
+            tokens = decode(logits, lambda lg: sampler(lg, ids), feed, max_new_tokens=min(params.max_new_tokens, room),
+                            end_id=tok.end_id)
+            for step, nxt in enumerate(tokens):
                 if step == 0:
                     reply.first_token_s = time.perf_counter() - t0
                 reply.completion_tokens += 1
@@ -263,10 +271,6 @@ class ChatSession:
                     break
                 if piece:
                     yield piece
-                if step + 1 < min(params.max_new_tokens, room):  # the last token is never fed
-                    logits = self._feed([nxt], [])  # (V,)
-                    self.cached_ids.append(nxt)
-                    self.stats["decode_tokens"] += 1
             tail = stream.flush()
             if tail:
                 yield tail
@@ -374,9 +378,9 @@ class ChatSession:
         device = next(self.model.parameters()).device
         x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T_new)
         with self.lock:
-            hidden = self.model.hidden(x, media, cache=self.cache)  # (1, T_new, D)
             # next-token logits at the last position only: the lm head is the widest matmul of a small model
-            return self.model.decoder.logits(hidden[0, -1]).float()  # (V,)
+            out = self.model(x, media_embeds=media, cache=self.cache, logits_to_keep=1)  # logits (1, 1, V)
+        return out.logits[0, -1].float()  # (V,)
 
 
 def _part_bytes(p: Part) -> int:

@@ -6,8 +6,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdialog.modalities import BATCH_KEYS
-
 IGNORE_INDEX = -100  # label of positions that carry no target (prompts, user turns, media, padding)
 
 
@@ -42,7 +40,8 @@ class NextTokenObjective(nn.Module):
     micro-batches on all processes): accumulation and data parallelism then give the gradient of one big
     batch. Wrapping the model in a module gives DDP a single forward to hook.
 
-    The batch holds the model's forward arguments plus `loss_weights` (B, T), popped here when present.
+    The batch is the model's forward arguments (labels, and loss_weights (B, T) when the collator gives them):
+    the loss is the model's own (MultimodalLM.forward), computed at the supervised positions only.
     """
 
     def __init__(self, model: nn.Module):
@@ -50,14 +49,5 @@ class NextTokenObjective(nn.Module):
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        batch = dict(batch)
-        labels, weights = batch.pop("labels"), batch.pop("loss_weights", None)
-        media = m.encode_media(**{k: batch.pop(k, None) for k in BATCH_KEYS})
-        hidden = m.hidden(batch.pop("input_ids"), media, **batch)  # (B, T, D)
-        w = target_weights(labels, weights)  # (B, T)
-        supervised = w > 0
-        # Only supervised positions are projected onto the vocabulary (the largest matmul of a small model).
-        logits = m.decoder.logits(hidden[supervised])  # (N, V)
-        ce = F.cross_entropy(logits.float(), shift_labels(labels)[supervised], reduction="none")  # (N,)
-        return (ce * w[supervised]).sum(), w.sum()
+        out = self.model(**batch)
+        return out.loss_sum, out.target_weight

@@ -93,7 +93,7 @@ def check_fsdp(tc, precision: str) -> None:
 def shard_fsdp(root: torch.nn.Module, model: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.Module:
     """FSDP2 (torch.distributed.fsdp.fully_shard): each decoder block is its own unit (gathered for its forward
     and backward only), the rest of the model with `root` (the objective, whose forward is the training step:
-    it calls the model's parts directly) is the root unit. Parameter names do not change; they become DTensors.
+    it calls the model) is the root unit. Parameter names do not change; they become DTensors.
     Gradients are averaged over processes like DDP's."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
