@@ -13,6 +13,8 @@ eval step, then at the last one the accuracy at distance 0 / 1 / 2 / 3+, the `me
       --variant adamw:train.optimizer=adamw --variant muon:
 
 A variant is NAME:OVERRIDE,OVERRIDE,... (config overrides as on the command line; empty: the config as is).
+`probe.reader=minilm` (not a config key) adds benchmarks/user_turn_reader.py: a frozen MiniLM reading each
+user turn. --paraphrase N also scores N test_paraphrase dialogues (wordings never trained on) at the end.
 `model.image.name=shapes_oracle` (benchmarks/oracle_image.py) replaces the ViT by exact per-cell labels: the
 decoder's curve alone, with the picture read perfectly.
 world.* overrides build (and cache, under --cache) a world of their own: `world.dialogues=24000` gives four
@@ -36,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def world_for(cfg, cache: Path) -> Path:
     from mmdialog.data.worlds.shapes import generate_world
 
-    w = cache / f"world-{cfg.world.dialogues}-{cfg.world.seed}-{cfg.world.image_size}"
+    held = "-" + "-".join(cfg.world.held_out) if cfg.world.held_out else ""
+    w = cache / f"world-{cfg.world.dialogues}-{cfg.world.seed}-{cfg.world.image_size}{held}"
     if not (w / "world.json").is_file():
         generate_world(w, dialogues=cfg.world.dialogues, seed=cfg.world.seed, image_size=cfg.world.image_size,
-                       progress=False)
+                       held_out=cfg.world.held_out, progress=False)
     return w
 
 
@@ -83,9 +86,14 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     import oracle_image  # noqa: F401  (registers the `shapes_oracle` image encoder, for decoder-only curves)
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"train.seed={args.seed}", *overrides])
+    probe = {k.removeprefix("probe."): v for k, v in (o.split("=", 1) for o in overrides if o.startswith("probe."))}
+    cfg = load_config(args.config, [f"train.seed={args.seed}", *(o for o in overrides if not o.startswith("probe."))])
     world = world_for(cfg, Path(args.cache))
     tokenizer, model, processor, dataset = prepare(cfg, world, progress=False)
+    if probe.get("reader") == "minilm":  # benchmarks/user_turn_reader.py: a frozen MiniLM reads each user turn
+        import user_turn_reader
+
+        user_turn_reader.attach(model, tokenizer)
     tc = cfg.train
     val = load_split(world, "val")[: args.val]
     opt = make_optimizer(model, tc)
@@ -112,6 +120,9 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
         train_seconds += time.perf_counter() - t
         if step in eval_at:
             curve[step] = score(model, processor, val, world, cfg.eval.max_new_tokens)
+            if step == args.steps and args.paraphrase:
+                para = load_split(world, "test_paraphrase")[: args.paraphrase]
+                curve[step]["paraphrase"] = score(model, processor, para, world, cfg.eval.max_new_tokens)["gold_history"]
             print(f"[{name}] step {step}: {curve[step]['gold_history']['overall']:.3f} "
                   f"(loss {float(loss.detach() / weight):.3f}, {time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
     return {"name": name, "overrides": overrides, "seed": args.seed, "steps": args.steps, "val": len(val),
@@ -120,7 +131,9 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
 
 def table(results: list[dict]) -> str:
     steps = sorted({int(s) for r in results for s in r["curve"]})
-    head = ["variant", *[f"@{s}" for s in steps], "d0", "d1", "d2", "d3+", "memory", "no_media d0", "steps/s"]
+    para = any("paraphrase" in v for r in results for v in r["curve"].values())
+    head = ["variant", *[f"@{s}" for s in steps], "d0", "d1", "d2", "d3+", "memory", "no_media d0",
+            *(["paraphrase"] if para else []), "steps/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         c = {int(k): v for k, v in r["curve"].items()}
@@ -128,6 +141,7 @@ def table(results: list[dict]) -> str:
         g, nm = last["gold_history"], last["no_media"]
         cells = [r["name"], *[f"{c[s]['gold_history']['overall']:.3f}" if s in c else "" for s in steps],
                  *[f"{g[k]:.3f}" for k in ("d0", "d1", "d2", "d3+", "memory")], f"{nm['d0']:.3f}",
+                 *([f"{last['paraphrase']['overall']:.3f}" if "paraphrase" in last else ""] if para else []),
                  f"{r['steps_per_second']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -145,6 +159,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--eval-at", default="250,500,1000,1500")
     ap.add_argument("--val", type=int, default=200, help="val dialogues scored")
+    ap.add_argument("--paraphrase", type=int, default=0,
+                    help="also score this many test_paraphrase dialogues at the last step (world.held_out must have it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1)
