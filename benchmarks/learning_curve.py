@@ -98,8 +98,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     val = load_split(world, "val")[: args.val]
     opt = make_optimizer(model, tc)
     objective = NextTokenObjective(model)
-    sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, group=tc.group_by_length,
-                          lengths=dataset.lengths() if tc.group_by_length else None)
+    sampler = StepSampler.for_dataset(dataset, tc)
     collate = Collator(tokenizer.pad_id, loss_turns=tc.loss_turns)
     precision = resolve_precision(tc.precision)
     eval_at = sorted({int(s) for s in args.eval_at.split(",")} | {args.steps})

@@ -45,6 +45,13 @@ class StepSampler:
         self.epoch, self.index = 0, 0  # the next step is step `index` of epoch `epoch`
         self._perm_epoch, self._perm = -1, None
 
+    @classmethod
+    def for_dataset(cls, dataset, tc, *, rank: int = 0, world_size: int = 1) -> "StepSampler":
+        """The sampler a TrainConfig asks for over `dataset` (its lengths read only for train.group_by_length)."""
+        lengths = dataset.lengths() if tc.group_by_length and hasattr(dataset, "lengths") else None
+        return cls(len(dataset), tc.batch_size, seed=tc.seed, rank=rank, world_size=world_size, micro=tc.grad_accum,
+                   group=tc.group_by_length, lengths=lengths)
+
     def permutation(self, epoch: int) -> np.ndarray:
         if self._perm_epoch != epoch:
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)

@@ -419,10 +419,7 @@ class _Run:
                           and not dist.enabled)
         check_fsdp(tc, self.precision)
         self.fsdp = fsdp = dist.enabled and tc.distributed == "fsdp"
-        self.sampler = StepSampler(len(dataset), tc.batch_size, seed=tc.seed, rank=dist.rank,
-                                   world_size=dist.world_size, micro=tc.grad_accum, group=tc.group_by_length,
-                                   lengths=dataset.lengths() if tc.group_by_length and hasattr(dataset, "lengths")
-                                   else None)
+        self.sampler = StepSampler.for_dataset(dataset, tc, rank=dist.rank, world_size=dist.world_size)
         self.collate = collate or Collator(tokenizer.pad_id, pack=tc.pack, pack_length=tc.pack_length or
                                            model.decoder.max_seq_len, loss_turns=tc.loss_turns)
         if dist.is_main:
