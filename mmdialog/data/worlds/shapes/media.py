@@ -34,7 +34,6 @@ from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, VALUES
 
 KINDS = ("mixed", "motion")
 MODALITIES = ("image", "audio", "video")
-SEGMENTS = {"image": "picture", "audio": "beeps", "video": "clip"}  # what a later turn can bring, per modality
 FAMILIES = ("caption", "statement", "chat", "count", "exist", "attribute", "memory", "motion", "beeps", "compare", "cross")
 REFS = ("none", "pronoun", "ellipsis", "group", "far", "name", "memory", "media", "count")
 IMAGE_OPS = ("caption", "count", "exist", "query", "name", "recall", "chat")  # the picture world's programs (dialogue.py)
