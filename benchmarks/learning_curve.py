@@ -13,8 +13,8 @@ eval step, then at the last one the accuracy at distance 0 / 1 / 2 / 3+, the `me
       --variant adamw:train.optimizer=adamw --variant muon:
 
 A variant is NAME:OVERRIDE,OVERRIDE,... (config overrides as on the command line; empty: the config as is).
-`probe.reader=minilm` (not a config key) adds benchmarks/user_turn_reader.py: a frozen MiniLM reading each
-user turn. --paraphrase N also scores N test_paraphrase dialogues (wordings never trained on) at the end.
+`model.reader={}` removes the demo recipe's user-turn reader (a frozen MiniLM reading each user turn,
+encoders/reader.py). --paraphrase N also scores N test_paraphrase dialogues (wordings never trained on) at the end.
 `model.image.name=shapes_oracle` (benchmarks/oracle_image.py) replaces the ViT by exact per-cell labels: the
 decoder's curve alone, with the picture read perfectly.
 world.* overrides build (and cache, under --cache) a world of their own: `world.dialogues=24000` gives four
@@ -86,14 +86,9 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     import oracle_image  # noqa: F401  (registers the `shapes_oracle` image encoder, for decoder-only curves)
 
     torch.set_num_threads(args.threads)
-    probe = {k.removeprefix("probe."): v for k, v in (o.split("=", 1) for o in overrides if o.startswith("probe."))}
-    cfg = load_config(args.config, [f"train.seed={args.seed}", *(o for o in overrides if not o.startswith("probe."))])
+    cfg = load_config(args.config, [f"train.seed={args.seed}", *overrides])
     world = world_for(cfg, Path(args.cache))
     tokenizer, model, processor, dataset = prepare(cfg, world, progress=False)
-    if probe.get("reader") == "minilm":  # benchmarks/user_turn_reader.py: a frozen MiniLM reads each user turn
-        import user_turn_reader
-
-        user_turn_reader.attach(model, tokenizer)
     tc = cfg.train
     val = load_split(world, "val")[: args.val]
     opt = make_optimizer(model, tc)

@@ -71,12 +71,14 @@ class DecoderConfig:
 class ModelConfig:
     """The image encoder is `image` (the original key) unless `encoders` names one; `encoders` maps a modality
     (image, audio, video) to {name: <registered encoder>, <its keyword arguments>...}, checked against the
-    encoder's signature when the model is built."""
+    encoder's signature when the model is built. `reader` (optional): a frozen pretrained text encoder that
+    reads each user turn, {name: hf_text, path: <dir or pkg:NAME>} (encoders/reader.py); empty: none."""
 
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    reader: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

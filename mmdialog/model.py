@@ -20,6 +20,7 @@ import mmdialog.decoders  # noqa: F401  (registers the decoders)
 import mmdialog.encoders  # noqa: F401  (registers the encoders)
 import mmdialog.fusion  # noqa: F401  (registers the fusions)
 from mmdialog.config import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, build_part
+from mmdialog.encoders.reader import TurnReader
 from mmdialog.errors import MMDialogError
 from mmdialog.fusion.common import Fusion
 from mmdialog.modalities import MODALITIES, NAMES
@@ -42,7 +43,7 @@ class ModelOutput:
 
 class MultimodalLM(nn.Module):
     def __init__(self, *, encoders: dict[str, nn.Module], fusion: Fusion, decoder: nn.Module,
-                 placeholder_ids: dict[str, int]):
+                 placeholder_ids: dict[str, int], reader: TurnReader | None = None):
         super().__init__()
         if not isinstance(fusion, Fusion):
             raise MMDialogError(f"the fusion must subclass mmdialog.fusion.common.Fusion (the fusion protocol); "
@@ -51,6 +52,7 @@ class MultimodalLM(nn.Module):
         self.fusion = fusion
         self.decoder = decoder
         self.placeholder_ids = dict(placeholder_ids)  # modality -> token id whose slots its media tokens fill
+        self.reader = reader  # the user-turn reader (encoders/reader.py), or None
 
     def num_media_tokens(self, modality: str) -> int:
         """Tokens one media item of this modality occupies in input_ids (the fusion decides: the encoder's
@@ -82,26 +84,35 @@ class MultimodalLM(nn.Module):
         return media
 
     def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor], *, cache: KVCache | None = None,
-              past: int = 0) -> torch.Tensor:
+              past: int = 0, reader: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, T) ids plus encoded media -> (B, T, D) decoder inputs with media tokens in their placeholder slots.
 
         cache/past: for a fusion that keeps state across cached passes (interactive); others ignore them.
+        reader: {reader_ids, reader_mask, reader_index} (see forward); each user-turn token gets its turn's
+        reader feature added.
         """
         token_embeds = self.decoder.embed(input_ids)
+        if reader:
+            if self.reader is None:
+                raise MMDialogError("reader_ids/reader_index given but the model has no user-turn reader "
+                                    "(model.reader)")
+            token_embeds = self.reader.add_to(token_embeds, reader["reader_ids"], reader["reader_mask"],
+                                              reader["reader_index"])
         if self.fusion.uses_cache:
             return self.fusion(token_embeds, input_ids, media, self.placeholder_ids, cache=cache, past=past)
         return self.fusion(token_embeds, input_ids, media, self.placeholder_ids)
 
     def hidden(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None, *,
                attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-               position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+               position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+               reader: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Fusion + decoder: (B, T) ids and encoded media -> final hidden states (B, T, D).
 
         With a cache, input_ids are the positions after the cached ones, media the items whose placeholders
         they hold; the cache (and any fusion memory in it) is appended to.
         position_ids, segment_ids (B, T): packed rows (data.collate.Collator with pack=True), several
         conversations per row, each attending only to itself (segment ids 1, 2, ...; 0 = padding) with its
-        positions restarting at 0.
+        positions restarting at 0. reader: the user-turn reader's inputs (see forward).
         """
         media = media or {}
         packed = {}
@@ -115,7 +126,7 @@ class MultimodalLM(nn.Module):
                                     f"train with train.pack=false")
             packed = {"position_ids": position_ids, "segment_ids": segment_ids}
         past = cache.seq_len if cache is not None else 0  # before the decoder runs: it grows the cache
-        x = self.embed(input_ids, media, cache=cache, past=past)  # (B, T, D)
+        x = self.embed(input_ids, media, cache=cache, past=past, reader=reader)  # (B, T, D)
         hook = self.fusion.decoder_hook(input_ids, media, self.placeholder_ids, cache=cache, past=past)
         if hook is None:
             return self.decoder(x, attention_mask=attention_mask, cache=cache, **packed)
@@ -127,10 +138,14 @@ class MultimodalLM(nn.Module):
                 return_logits: bool | None = None, audios: torch.Tensor | None = None,
                 videos: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, loss_weights: torch.Tensor | None = None,
-                logits_to_keep: int | None = None) -> ModelOutput:
+                logits_to_keep: int | None = None, reader_ids: torch.Tensor | None = None,
+                reader_mask: torch.Tensor | None = None, reader_index: torch.Tensor | None = None) -> ModelOutput:
         """input_ids, attention_mask (1 = real), labels (-100 = no target): (B, T); images: (N, 3, H, W);
         audios: (N, samples); videos: (N, F, 3, H, W); position_ids, segment_ids (B, T): packed rows (see hidden);
         loss_weights (B, T): the weight of each token's message in the loss (collator, train.loss_turns=weighted).
+        reader_ids, reader_mask (N, L): the user-turn reader's tokens of the N user turns of the batch;
+        reader_index (B, T): the turn (row of reader_ids) each token belongs to, -1 outside user turns
+        (all three from the processor and collator of a model with a reader; absent: no reader features).
 
         media_embeds is a precomputed encode_media() output (a chat session encodes each item once);
         cache, when given, already holds the earlier positions and is appended to.
@@ -145,8 +160,13 @@ class MultimodalLM(nn.Module):
         if return_logits is None:
             return_logits = labels is None
         media = media_embeds if media_embeds is not None else self.encode_media(**raw)
+        reader = None
+        if reader_index is not None:
+            if reader_ids is None or reader_mask is None:
+                raise MMDialogError("reader_index needs reader_ids and reader_mask")
+            reader = {"reader_ids": reader_ids, "reader_mask": reader_mask, "reader_index": reader_index}
         hidden = self.hidden(input_ids, media, attention_mask=attention_mask, cache=cache, position_ids=position_ids,
-                             segment_ids=segment_ids)  # (B, T, D)
+                             segment_ids=segment_ids, reader=reader)  # (B, T, D)
         logits = None
         if return_logits:
             logits = self.decoder.logits(hidden if logits_to_keep is None else hidden[:, -logits_to_keep:])  # (B, T, V)
@@ -249,7 +269,13 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str,
     fusion = _build_from_fields(FUSIONS, cfg.fusion, FusionConfig(), "model.fusion",
                                 in_dims={m: enc.dim for m, enc in encoders.items()}, out_dim=dim, num_layers=depth)
     decoder = decoder if decoder is not None else build_decoder()
-    return MultimodalLM(encoders=encoders, fusion=fusion, decoder=decoder, placeholder_ids=placeholder_ids)
+    reader = None
+    if cfg.reader:  # built last: a model without a reader draws the same initial weights as before
+        spec = dict(cfg.reader)
+        cache_size = int(spec.pop("cache_size", 200_000))
+        reader = TurnReader(build_part(ENCODERS, spec, "model.reader"), decoder.dim, cache_size=cache_size)
+    return MultimodalLM(encoders=encoders, fusion=fusion, decoder=decoder, placeholder_ids=placeholder_ids,
+                        reader=reader)
 
 
 def _build_from_fields(registry, part_cfg, defaults, where: str, **given):

@@ -29,6 +29,7 @@ import torch
 
 from mmdialog.chat.policies import Full, Policy
 from mmdialog.chat.sampling import Sampler, SamplingParams, TextStream
+from mmdialog.data.collate import reader_batch
 from mmdialog.data.conversation import Conversation, Image, Part, Text
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import TooLong
@@ -116,6 +117,7 @@ class ChatSession:
         self.cache = KVCache()
         self.cached_ids: list[int] = []  # expanded ids whose keys/values are in the cache, in order
         self.cached_media: list[str] = []  # media keys (see media_key) of the media items among them, in order
+        self.cached_turns: list[list[int]] = []  # with a user-turn reader: its ids of the cached user turns
         self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "images_encoded": 0, "reused_tokens": 0,
                       "media_encoded": 0}
         self.last: Reply | None = None
@@ -125,12 +127,14 @@ class ChatSession:
         # its lists is a complete snapshot, and a fork can share the tensors.
         return {"turns": list(self.conv.turns), "meta": dict(self.conv.meta), "keys": list(self.cache.keys),
                 "values": list(self.cache.values), "media": dict(self.cache.media), "cached_ids": list(self.cached_ids),
-                "cached_media": list(self.cached_media), "stats": dict(self.stats), "last": self.last}
+                "cached_media": list(self.cached_media), "cached_turns": list(self.cached_turns),
+                "stats": dict(self.stats), "last": self.last}
 
     def _restore(self, s: dict) -> None:
         self.conv.turns, self.conv.meta = s["turns"], s["meta"]
         self.cache.keys, self.cache.values, self.cache.media = s["keys"], s["values"], s["media"]
         self.cached_ids, self.cached_media, self.stats, self.last = s["cached_ids"], s["cached_media"], s["stats"], s["last"]
+        self.cached_turns = s["cached_turns"]
 
     def fork(self) -> "ChatSession":
         """An independent copy: same conversation, policy and sampling; shares the model, media cache and lock.
@@ -141,6 +145,7 @@ class ChatSession:
         other.cache = KVCache()
         other.cache.keys, other.cache.values, other.cache.media = s["keys"], s["values"], s["media"]
         other.cached_ids, other.cached_media, other.stats = s["cached_ids"], s["cached_media"], s["stats"]
+        other.cached_turns = s["cached_turns"]
         other.policy = copy.deepcopy(self.policy)
         other.sampling = copy.deepcopy(self.sampling)
         return other
@@ -317,15 +322,22 @@ class ChatSession:
         ids, hashes = self.render(ctx, limit=True)
         n, m = self.reusable_prefix(ids, hashes)
         n = min(n, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
+        turns, index = self.processor.reader_inputs(ctx, ids) if self.processor.reader is not None else ([], [])
+        if index:  # a user turn's tokens carry its whole text's reading: reused only when the whole turn is the same
+            for p in range(n):
+                r = index[p]
+                if r >= 0 and (r >= len(self.cached_turns) or self.cached_turns[r] != turns[r]):
+                    n = p
+                    break
         media_ids = self.processor.tokenizer.media_ids
         m = min(m, sum(ids[:n].count(media_ids[k]) // self.processor.media_tokens(k) for k in self.processor.media))
         encoded = self.stats["images_encoded"]
         self.cache.crop(n)
         self.cached_ids, self.cached_media = self.cached_ids[:n], self.cached_media[:m]
-        logits = self._feed(ids[n:], items[m:])
+        logits = self._feed(ids[n:], items[m:], (turns, index[n:]) if index else None)
         self.stats["prefill_tokens"] += len(ids) - n
         self.stats["reused_tokens"] += n
-        self.cached_ids, self.cached_media = list(ids), hashes
+        self.cached_ids, self.cached_media, self.cached_turns = list(ids), hashes, turns
         if reply is not None:
             reply.prompt_tokens, reply.cached_tokens = len(ids), n
             reply.images_encoded = self.stats["images_encoded"] - encoded
@@ -371,15 +383,18 @@ class ChatSession:
         return n, m
 
     @torch.no_grad()
-    def _feed(self, ids: list[int], items: list[Part]) -> torch.Tensor:
+    def _feed(self, ids: list[int], items: list[Part],
+              reader: tuple[list[list[int]], list[int]] | None = None) -> torch.Tensor:
         """Run new tokens (and the media items whose placeholders they hold) through the fusion and decoder,
-        appending to the cache (and to the fusion's memory in it); returns the next-token logits (V,)."""
+        appending to the cache (and to the fusion's memory in it); returns the next-token logits (V,).
+        reader: (the reader ids of every user turn of the rendering, the turn index of each new token)."""
         media = self._encode_media(items) if items else {}
         device = next(self.model.parameters()).device
         x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T_new)
+        extra = {} if reader is None else {k: v.to(device) for k, v in reader_batch([reader], len(ids)).items()}
         with self.lock:
             # next-token logits at the last position only: the lm head is the widest matmul of a small model
-            out = self.model(x, media_embeds=media, cache=self.cache, logits_to_keep=1)  # logits (1, 1, V)
+            out = self.model(x, media_embeds=media, cache=self.cache, logits_to_keep=1, **extra)  # logits (1, 1, V)
         return out.logits[0, -1].float()  # (V,)
 
 

@@ -59,6 +59,36 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return [[i] for i in range(len(lengths))]
 
 
+def reader_tensors(turns: list[list[int]]) -> dict[str, torch.Tensor]:
+    """The user-turn reader's ids of N turns -> {reader_ids, reader_mask} (N, L), right-padded with 0."""
+    L = max((len(t) for t in turns), default=1)
+    ids = torch.zeros((len(turns), L), dtype=torch.long)
+    mask = torch.zeros((len(turns), L), dtype=torch.long)
+    for i, t in enumerate(turns):
+        ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, :len(t)] = 1
+    return {"reader_ids": ids, "reader_mask": mask}
+
+
+def reader_batch(rows: list[tuple[list[list[int]], list[int]] | None], width: int) -> dict[str, torch.Tensor]:
+    """Reader inputs of B rows of `width` positions, row b given as (the reader ids of its user turns, the turn of
+    each of its tokens, -1: none) or None (no user-turn token) -> reader_ids, reader_mask (N, L) of only the turns
+    the tokens use, and reader_index (B, width) pointing at them (-1 past a row's tokens)."""
+    turns: list[list[int]] = []
+    index = torch.full((len(rows), width), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row is None:
+            continue
+        row_turns, idx = row
+        at = {}
+        for r in idx:
+            if r >= 0 and r not in at:
+                at[r] = len(turns)
+                turns.append(row_turns[r])
+        index[b, :len(idx)] = torch.tensor([at.get(r, -1) for r in idx], dtype=torch.long)
+    return {**reader_tensors(turns), "reader_index": index}
+
+
 class Collator:
     """Right-pads a list of Examples, one per row, or packs them several to a row (pack=True).
 
@@ -71,6 +101,10 @@ class Collator:
                       (row-major over the batch), or absent when no example has one
       audios:         (N, S) float waveforms, likewise (absent without audio)
       videos:         (N, F, 3, H, W) float frames, likewise (absent without video)
+      reader_ids:     (N, L) long, the user-turn reader's tokens of every user turn of the batch, in order of
+                      appearance, padded with 0 (only when the processor has a reader: model.reader)
+      reader_mask:    (N, L) long, 1 on real reader tokens
+      reader_index:   (B, T) long, the row of reader_ids each token's user turn is, -1 elsewhere and on padding
       loss_weights:   (B, T) float, each token's message weight (loss_turns="weighted" only; 1 where the data
                       gives none), or 1 / the reply's length (loss_turns="per_turn": each reply weighs the same,
                       a one-word answer as much as a caption). Not a forward() argument: the objective pops it.
@@ -101,6 +135,12 @@ class Collator:
         segments = torch.zeros((B, T), dtype=torch.long)
         weighted = self.loss_turns in ("weighted", "per_turn")
         weights = torch.ones((B, T)) if weighted else None
+        read = [e.reader_ids is not None for e in examples]
+        if any(read) and not all(read):
+            raise MMDialogError("some examples carry user-turn reader inputs and some do not: one processor "
+                                "makes a batch")
+        turns: list[list[int]] = []  # the reader rows of the batch, row-major
+        reader_index = torch.full((B, T), -1, dtype=torch.long) if all(read) and examples else None
         for b, row in enumerate(rows):
             at = 0
             for seg, i in enumerate(row, start=1):
@@ -116,12 +156,18 @@ class Collator:
                         weights[b, at + s:at + t] = 1.0 / (t - s)
                 elif weighted and getattr(e, "weights", None) is not None:
                     weights[b, at:at + n] = e.weights
+                if reader_index is not None:
+                    idx = e.reader_index
+                    reader_index[b, at:at + n] = torch.where(idx >= 0, idx + len(turns), idx)
+                    turns.extend(e.reader_ids)
                 at += n
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
         if self.pack:
             batch["position_ids"], batch["segment_ids"] = positions, segments
         if weighted:
             batch["loss_weights"] = weights
+        if reader_index is not None:
+            batch.update(reader_tensors(turns), reader_index=reader_index)
         order = [i for row in rows for i in row]  # media in order of appearance, row-major
         for key in BATCH_KEYS:
             items = [getattr(examples[i], key) for i in order if getattr(examples[i], key) is not None]

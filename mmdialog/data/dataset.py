@@ -45,6 +45,7 @@ class ConversationDataset(Dataset):
     @classmethod
     def build(cls, conversations: list[Conversation], processor: Processor, desc: str = "processing", progress: bool = True):
         ds = cls()
+        processor.warm(conversations)
         for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
             cid = str(conv.meta.get("id", len(ds.ids) + len(ds.skipped)))
             try:

