@@ -45,7 +45,21 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def lab_markdown(metrics: dict, *, title: str, std: dict | None = None, figures: list[str] = (),
                  runs: list[str] = ()) -> str:
     c = Cells(metrics, std)
-    gold = get(metrics, "modes", "gold_history") or {"accuracy": metrics["accuracy"], "counts": metrics["counts"]}
+    out = _intro(metrics, c, title, runs)
+    out += _gold_history_section(metrics, c)
+    if "own_history" in metrics.get("modes", {}):
+        out += _own_history_section(metrics, c)
+    else:
+        out += _dialogue_level_section(c)
+    out += ["Normalised first failed round: the first wrong round / (rounds + 1), 1.0 when none fails.", ""]
+    out += _ablations_section(metrics, c)
+    out += _ranking_section(metrics, c)
+    out += _heldout_section(metrics, c)
+    out += _closing(metrics, figures)
+    return "\n".join(out) + "\n"
+
+
+def _intro(metrics: dict, c: Cells, title: str, runs: list[str]) -> list[str]:
     out = [f"# {title}", ""]
     ev = metrics.get("eval", {})
     if runs:
@@ -53,110 +67,134 @@ def lab_markdown(metrics: dict, *, title: str, std: dict | None = None, figures:
     out += [f"{c.count('counts', 'overall')} questions in {c.count('counts', 'dialogues')} dialogues; greedy exact "
             f"match (answers compared after lower-casing and dropping a final period). Gold history: "
             f"{'teacher forced, one batched forward pass' if ev.get('gold_method') == 'teacher_forced' else 'generated'}.", ""]
+    return out
 
-    out += ["## Accuracy with the gold history", ""]
+
+def _breakdown_table(c: Cells, label: str, key: str, names) -> list[str]:
+    """One column per value of the breakdown `key` (by_round, by_family, by_ref): its accuracy and count."""
+    return _table([label] + list(names), [["accuracy"] + [c("accuracy", key, k) for k in names],
+                                          ["n"] + [c.count("counts", key, k) for k in names]])
+
+
+def _gold_history_section(metrics: dict, c: Cells) -> list[str]:
+    gold = get(metrics, "modes", "gold_history") or {"accuracy": metrics["accuracy"], "counts": metrics["counts"]}
+    out = ["## Accuracy with the gold history", ""]
     rows = [["overall", c("accuracy", "overall"), c.count("counts", "overall")]]
     rows += [[f"distance {b}", c("accuracy", "by_distance_fine", b), c.count("counts", "by_distance_fine", b)]
              for b in FINE_BUCKETS]
     out += _table(["questions", "accuracy", "n"], rows)
-    by_round = gold["accuracy"].get("by_round", {})
-    out += _table(["round"] + list(by_round), [["accuracy"] + [c("accuracy", "by_round", k) for k in by_round],
-                                               ["n"] + [c.count("counts", "by_round", k) for k in by_round]])
-    fams = gold["accuracy"].get("by_family", {})
-    out += _table(["family"] + list(fams), [["accuracy"] + [c("accuracy", "by_family", k) for k in fams],
-                                            ["n"] + [c.count("counts", "by_family", k) for k in fams]])
-    refs = gold["accuracy"].get("by_ref", {})
-    out += _table(["reference"] + list(refs), [["accuracy"] + [c("accuracy", "by_ref", k) for k in refs],
-                                               ["n"] + [c.count("counts", "by_ref", k) for k in refs]])
+    out += _breakdown_table(c, "round", "by_round", gold["accuracy"].get("by_round", {}))
+    out += _breakdown_table(c, "family", "by_family", gold["accuracy"].get("by_family", {}))
+    out += _breakdown_table(c, "reference", "by_ref", gold["accuracy"].get("by_ref", {}))
+    return out
 
-    if "own_history" in metrics.get("modes", {}):
-        out += ["## Gold history vs the model's own answers", "",
-                f"On the first {c.count('gap', 'dialogues')} dialogues: `own_history` is a real chat (the model's "
-                "own earlier replies, captions included, stay in the context); the gap is gold minus own.", ""]
-        g, o = ("modes", "gold_history_same_dialogues"), ("modes", "own_history")
-        rows = [["overall", c(*g, "accuracy", "overall"), c(*o, "accuracy", "overall"), c("gap", "overall", signed=True)]]
-        rows += [[f"distance {b}", c(*g, "accuracy", "by_distance_fine", b), c(*o, "accuracy", "by_distance_fine", b),
-                  c("gap", "by_distance_fine", b, signed=True)] for b in FINE_BUCKETS]
-        rows += [["dialogues fully right", c(*g, "accuracy", "dialogues_fully_right"),
-                  c(*o, "accuracy", "dialogues_fully_right"), c("gap", "dialogues_fully_right", signed=True)],
-                 ["first failed round (normalised)", c(*g, "accuracy", "first_failed_round"),
-                  c(*o, "accuracy", "first_failed_round"), c("gap", "first_failed_round", signed=True)]]
-        out += _table(["", "gold history", "own history", "gap"], rows)
-        if metrics.get("own_history_scripted"):
-            sc = "own_history_scripted"
-            out += [f"Follow-ups are judged on the conversation as it happened: {c.count(sc, 'rejudged')} question(s) "
-                    "refer back to the object the model's own caption named where the world's caption named another "
-                    f"one ({c.count(sc, 'rejudged_correct')} answered right about the model's object). Judged on the "
-                    f"world's scripted answers throughout, own history is {c(sc, 'overall')} "
-                    f"(gap {c(sc, 'gap', signed=True)}).", ""]
-    else:
-        out += ["## Dialogue level (gold history)", ""]
-        out += _table(["", "value"], [["dialogues fully right", c("accuracy", "dialogues_fully_right")],
-                                      ["first failed round (normalised)", c("accuracy", "first_failed_round")]])
-    out += ["Normalised first failed round: the first wrong round / (rounds + 1), 1.0 when none fails.", ""]
 
+def _dialogue_level_section(c: Cells) -> list[str]:
+    """The gold history's dialogue-level figures, where there is no own-history run to set beside them."""
+    return ["## Dialogue level (gold history)", ""] + _table(
+        ["", "value"], [["dialogues fully right", c("accuracy", "dialogues_fully_right")],
+                        ["first failed round (normalised)", c("accuracy", "first_failed_round")]])
+
+
+def _own_history_section(metrics: dict, c: Cells) -> list[str]:
+    """Gold history vs the model's own answers on the same dialogues, and the gap."""
+    out = ["## Gold history vs the model's own answers", "",
+           f"On the first {c.count('gap', 'dialogues')} dialogues: `own_history` is a real chat (the model's "
+           "own earlier replies, captions included, stay in the context); the gap is gold minus own.", ""]
+    g, o = ("modes", "gold_history_same_dialogues"), ("modes", "own_history")
+    rows = [["overall", c(*g, "accuracy", "overall"), c(*o, "accuracy", "overall"), c("gap", "overall", signed=True)]]
+    rows += [[f"distance {b}", c(*g, "accuracy", "by_distance_fine", b), c(*o, "accuracy", "by_distance_fine", b),
+              c("gap", "by_distance_fine", b, signed=True)] for b in FINE_BUCKETS]
+    rows += [["dialogues fully right", c(*g, "accuracy", "dialogues_fully_right"),
+              c(*o, "accuracy", "dialogues_fully_right"), c("gap", "dialogues_fully_right", signed=True)],
+             ["first failed round (normalised)", c(*g, "accuracy", "first_failed_round"),
+              c(*o, "accuracy", "first_failed_round"), c("gap", "first_failed_round", signed=True)]]
+    out += _table(["", "gold history", "own history", "gap"], rows)
+    if metrics.get("own_history_scripted"):
+        sc = "own_history_scripted"
+        out += [f"Follow-ups are judged on the conversation as it happened: {c.count(sc, 'rejudged')} question(s) "
+                "refer back to the object the model's own caption named where the world's caption named another "
+                f"one ({c.count(sc, 'rejudged_correct')} answered right about the model's object). Judged on the "
+                f"world's scripted answers throughout, own history is {c(sc, 'overall')} "
+                f"(gap {c(sc, 'gap', signed=True)}).", ""]
+    return out
+
+
+def _ablations_section(metrics: dict, c: Cells) -> list[str]:
     abl = metrics.get("ablations") or {}
-    if abl:
-        out += ["## Ablations", "",
-                "Accuracy when the question is put with less or altered context (teacher forced). `no_history`: "
-                "the image and the question only; `last_n`: the image and the last n rounds; `shuffled_history`: "
-                "every earlier round in a random order; `no_media`: the gold history without the image.", ""]
-        names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
-        g = ("modes", "gold_history_ablation_dialogues") if get(metrics, "modes", "gold_history_ablation_dialogues") else ()
-        if g:
-            out += [f"On the first {c.count('eval', 'ablation_dialogues')} dialogues (the gold row is theirs).", ""]
-        rows = [["gold_history", c(*g, "accuracy", "overall")]
-                + [c(*g, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]]
-        rows += [[n, c("ablations", n, "accuracy", "overall")]
-                 + [c("ablations", n, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS] for n in names]
-        if "history_gain" in metrics:
-            rows += [["**history gain** (gold - no_history)", c("history_gain", "overall", signed=True)]
-                     + [c("history_gain", "by_distance_fine", b, signed=True) for b in FINE_BUCKETS]]
-        out += _table(["context", "overall"] + [f"d {b}" for b in FINE_BUCKETS], rows)
-        out += ["The history gain should be about 0 at distance 0 (the image answers those) and large beyond.", ""]
+    if not abl:
+        return []
+    out = ["## Ablations", "",
+           "Accuracy when the question is put with less or altered context (teacher forced). `no_history`: "
+           "the image and the question only; `last_n`: the image and the last n rounds; `shuffled_history`: "
+           "every earlier round in a random order; `no_media`: the gold history without the image.", ""]
+    names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
+    g = ("modes", "gold_history_ablation_dialogues") if get(metrics, "modes", "gold_history_ablation_dialogues") else ()
+    if g:
+        out += [f"On the first {c.count('eval', 'ablation_dialogues')} dialogues (the gold row is theirs).", ""]
+    rows = [["gold_history", c(*g, "accuracy", "overall")]
+            + [c(*g, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]]
+    rows += [[n, c("ablations", n, "accuracy", "overall")]
+             + [c("ablations", n, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS] for n in names]
+    if "history_gain" in metrics:
+        rows += [["**history gain** (gold - no_history)", c("history_gain", "overall", signed=True)]
+                 + [c("history_gain", "by_distance_fine", b, signed=True) for b in FINE_BUCKETS]]
+    out += _table(["context", "overall"] + [f"d {b}" for b in FINE_BUCKETS], rows)
+    return out + ["The history gain should be about 0 at distance 0 (the image answers those) and large beyond.", ""]
 
-    if metrics.get("ranking"):
-        out += ["## Ranking candidate answers by likelihood", "",
-                f"{c.count('ranking', 'questions')} questions of {c.count('ranking', 'dialogues')} dialogues, "
-                f"{c.count('ranking', 'candidates')} candidates each: every answer of the world as written, with "
-                "its first letter's case flipped and with a final period (those three forms of the gold answer are "
-                "the acceptable ones for NDCG).", ""]
-        out += _table(["MRR", "R@1", "R@5", "R@10", "mean rank", "NDCG"],
-                      [[c("ranking", "mrr"), c("ranking", "r@1"), c("ranking", "r@5"), c("ranking", "r@10"),
-                        c("ranking", "mean_rank", digits=2), c("ranking", "ndcg")]])
 
+def _ranking_section(metrics: dict, c: Cells) -> list[str]:
+    if not metrics.get("ranking"):
+        return []
+    out = ["## Ranking candidate answers by likelihood", "",
+           f"{c.count('ranking', 'questions')} questions of {c.count('ranking', 'dialogues')} dialogues, "
+           f"{c.count('ranking', 'candidates')} candidates each: every answer of the world as written, with "
+           "its first letter's case flipped and with a final period (those three forms of the gold answer are "
+           "the acceptable ones for NDCG).", ""]
+    return out + _table(["MRR", "R@1", "R@5", "R@10", "mean rank", "NDCG"],
+                        [[c("ranking", "mrr"), c("ranking", "r@1"), c("ranking", "r@5"), c("ranking", "r@10"),
+                          c("ranking", "mean_rank", digits=2), c("ranking", "ndcg")]])
+
+
+def _heldout_section(metrics: dict, c: Cells) -> list[str]:
     held = metrics.get("heldout") or {}
-    if held:
-        out += ["## Held-out splits", "", "Gold history, teacher forced; `no_history` beside it gives the history gain.", ""]
-        rows = [["main split", c("accuracy", "overall")] + [c("accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
-                + [c.count("counts", "overall")]]
-        for name in held:
-            rows.append([name, c("heldout", name, "accuracy", "overall")]
-                        + [c("heldout", name, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
-                        + [c.count("heldout", name, "counts", "overall")])
-            if get(metrics, "heldout", name, "no_history") is not None:
-                rows.append([f"{name} no_history", c("heldout", name, "no_history", "accuracy", "overall")]
-                            + [c("heldout", name, "no_history", "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
-                            + [""])
-        out += _table(["split", "overall"] + [f"d {b}" for b in FINE_BUCKETS] + ["n"], rows)
-        for name in held:
-            if get(metrics, "heldout", name, "pair_questions") is not None:
-                out += [f"`{name}`: questions about a held-out shape-colour pair "
-                        f"{c('heldout', name, 'pair_questions', 'accuracy')} (n={c.count('heldout', name, 'pair_questions', 'n')}), "
-                        f"other questions {c('heldout', name, 'other_questions', 'accuracy')} "
-                        f"(n={c.count('heldout', name, 'other_questions', 'n')}).", ""]
-            if get(metrics, "heldout", name, "rounds") is not None:
-                out += [f"`{name}`: {c.count('heldout', name, 'rounds')} question rounds per dialogue.", ""]
+    if not held:
+        return []
+    out = ["## Held-out splits", "", "Gold history, teacher forced; `no_history` beside it gives the history gain.", ""]
+    rows = [["main split", c("accuracy", "overall")] + [c("accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
+            + [c.count("counts", "overall")]]
+    for name in held:
+        rows.append([name, c("heldout", name, "accuracy", "overall")]
+                    + [c("heldout", name, "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
+                    + [c.count("heldout", name, "counts", "overall")])
+        if get(metrics, "heldout", name, "no_history") is not None:
+            rows.append([f"{name} no_history", c("heldout", name, "no_history", "accuracy", "overall")]
+                        + [c("heldout", name, "no_history", "accuracy", "by_distance_fine", b) for b in FINE_BUCKETS]
+                        + [""])
+    out += _table(["split", "overall"] + [f"d {b}" for b in FINE_BUCKETS] + ["n"], rows)
+    for name in held:
+        if get(metrics, "heldout", name, "pair_questions") is not None:
+            out += [f"`{name}`: questions about a held-out shape-colour pair "
+                    f"{c('heldout', name, 'pair_questions', 'accuracy')} (n={c.count('heldout', name, 'pair_questions', 'n')}), "
+                    f"other questions {c('heldout', name, 'other_questions', 'accuracy')} "
+                    f"(n={c.count('heldout', name, 'other_questions', 'n')}).", ""]
+        if get(metrics, "heldout", name, "rounds") is not None:
+            out += [f"`{name}`: {c.count('heldout', name, 'rounds')} question rounds per dialogue.", ""]
+    return out
 
+
+def _closing(metrics: dict, figures: list[str]) -> list[str]:
+    """Failed dialogues, the time each part of the evaluation took, and the figures."""
+    out = []
     if metrics.get("failed_dialogues"):
         out += [f"{len(metrics['failed_dialogues'])} dialogue(s) could not be evaluated (see metrics.json "
                 "`failed_dialogues`).", ""]
-    secs = ev.get("seconds") or {}
+    secs = metrics.get("eval", {}).get("seconds") or {}
     if secs:
         out += ["## Time", "", ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + ".", ""]
     if figures:
         out += ["## Figures", ""] + [f"![{f}]({f})\n" for f in figures]
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ----------------------------------------------------------------------------- a dataset file's evaluation
