@@ -99,51 +99,23 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
     limits = limits or Limits()
     capacity = capacity or Capacity()
     keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
-    allow = Path(allow_dir).resolve() if allow_dir else None
-    if allow is not None and not allow.is_dir():
-        raise MMDialogError(f"--allow-dir {allow_dir} is not a directory")
+    allow = allowed_dir(allow_dir)
     hosts = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts} | LOCAL_NAMES
     image_size = processor.image_size if "image" in model.encoders else None
-    model_lock = threading.Lock()  # one forward pass at a time; requests interleave token by token
-    pool = SessionPool(lambda media: ChatSession(model, processor, media_cache=media, lock=model_lock), cache_bytes)
+    pool = session_pool(model, processor, cache_bytes)
     admission = Admission(capacity, limits.max_body_bytes)
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     created = int(time.time())
     app = FastAPI(title="mmdialog", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pool, app.state.admission = pool, admission
-
-    def error(e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(APIError)
-    async def api_error(request, e: APIError):
-        return error(e)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, e: StarletteHTTPException):
-        message = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
-        return error(APIError(e.status_code, message, code="not_found" if e.status_code == 404 else None))
-
-    @app.exception_handler(Exception)
-    async def server_error(request, e: Exception):
-        log.exception("internal error on %s", request.url.path)
-        return error(APIError(500, f"internal server error ({type(e).__name__}); see the server log", type="server_error"))
+    add_error_handlers(app)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         try:
-            if hosts is not None:
-                check_host(request.headers.get("host", ""), hosts)
-            if keys and request.url.path not in PUBLIC_PATHS:
-                request.state.key = check_key(request.headers.get("authorization", ""), keys)
-            if request.method == "POST":
-                kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-                if kind != "application/json":
-                    raise APIError(415, f"the request body must be sent as Content-Type: application/json "
-                                        f"(got {kind or 'none'!r})", code="unsupported_media_type")
+            check_request(request, hosts, keys)
         except APIError as e:
-            return error(e)
+            return error_response(e)
         return await call_next(request)
 
     @app.get("/health")
@@ -164,22 +136,8 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
         admission.enter()
         try:
             deadline = time.monotonic() + capacity.timeout_s
-            held = [0]  # body bytes counted in admission.body_bytes until the body is parsed
-
-            async def work(fn, *args):
-                """fn(*args) in a worker thread (waiting for one in the queue), within the request's deadline."""
-                try:
-                    with anyio.fail_after(max(0.0, deadline - time.monotonic())):
-                        return await anyio.to_thread.run_sync(fn, *args, limiter=admission.limiter)
-                except TimeoutError:
-                    raise timed_out(capacity.timeout_s) from None
-
-            try:
-                raw = await read_body(request, limits.max_body_bytes, admission, held)
-                req = await work(parse, raw, limits, allow, image_size)
-            finally:
-                admission.body_bytes -= held[0]
-                raw = None  # not kept while the reply is generated
+            work = in_worker(admission, deadline, capacity.timeout_s)
+            req = await read_request(request, work, limits, admission, allow, image_size)
             if req.model is not None and req.model != model_name:
                 raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}", "model",
                                "model_not_found")
@@ -194,11 +152,7 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
                 text = await work(finish, pool, session, source, stream, tenant, deadline, capacity.timeout_s)
             finally:
                 admission.leave()
-            r = stream.reply
-            return {"id": rid, "object": "chat.completion", "created": now, "model": model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": r.finish_reason}],
-                    "usage": usage(r)}
+            return completion(rid, now, model_name, text, stream.reply)
 
         async def events():
             try:
@@ -211,6 +165,86 @@ def create_app(model, processor, *, model_name: str = "mmdialog", api_key: str |
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def allowed_dir(allow_dir: str | Path | None) -> Path | None:
+    """--allow-dir resolved: the one directory local media paths may name (None: none may)."""
+    allow = Path(allow_dir).resolve() if allow_dir else None
+    if allow is not None and not allow.is_dir():
+        raise MMDialogError(f"--allow-dir {allow_dir} is not a directory")
+    return allow
+
+
+def session_pool(model, processor, cache_bytes: int) -> SessionPool:
+    model_lock = threading.Lock()  # one forward pass at a time; requests interleave token by token
+    return SessionPool(lambda media: ChatSession(model, processor, media_cache=media, lock=model_lock), cache_bytes)
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def api_error(request, e: APIError):
+    return error_response(e)
+
+
+async def http_error(request, e: StarletteHTTPException):
+    message = {404: f"no such endpoint: {request.method} {request.url.path}",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+    return error_response(APIError(e.status_code, message, code="not_found" if e.status_code == 404 else None))
+
+
+async def server_error(request, e: Exception):
+    log.exception("internal error on %s", request.url.path)
+    return error_response(APIError(500, f"internal server error ({type(e).__name__}); see the server log",
+                                   type="server_error"))
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's error JSON: a client's as its 4xx, anything else as a 500 naming only its type."""
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
+
+
+def check_request(request: Request, hosts: set[str] | None, keys: list[str]) -> None:
+    """What every request must pass before its route runs: the Host header, the API key (its name kept in
+    request.state.key) and, for a POST, a JSON body; else an APIError."""
+    if hosts is not None:
+        check_host(request.headers.get("host", ""), hosts)
+    if keys and request.url.path not in PUBLIC_PATHS:
+        request.state.key = check_key(request.headers.get("authorization", ""), keys)
+    if request.method == "POST":
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise APIError(415, f"the request body must be sent as Content-Type: application/json "
+                                f"(got {kind or 'none'!r})", code="unsupported_media_type")
+
+
+def in_worker(admission: Admission, deadline: float, timeout_s: float):
+    """work(fn, *args): fn(*args) in a worker thread (waiting for one in the queue), within the request's deadline."""
+
+    async def work(fn, *args):
+        try:
+            with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                return await anyio.to_thread.run_sync(fn, *args, limiter=admission.limiter)
+        except TimeoutError:
+            raise timed_out(timeout_s) from None
+
+    return work
+
+
+async def read_request(request: Request, work, limits: Limits, admission: Admission, allow: Path | None,
+                       image_size: int | None):
+    """The request's body read (its bytes counted in admission.body_bytes until it is parsed) and parsed by
+    `parse` in a worker thread."""
+    held = [0]  # body bytes counted in admission.body_bytes until the body is parsed
+    try:
+        raw = await read_body(request, limits.max_body_bytes, admission, held)
+        return await work(parse, raw, limits, allow, image_size)
+    finally:
+        admission.body_bytes -= held[0]
+        raw = None  # not kept by a traceback that holds this frame
 
 
 def check_host(header: str, hosts: set[str]) -> None:
@@ -317,6 +351,14 @@ def finish(pool, session, source, stream, tenant, deadline: float, timeout_s: fl
         stream.close()  # a no-op once the reply is complete; else the turn is abandoned
     pool.checkin(session, source, tenant)
     return stream.reply.text
+
+
+def completion(rid: str, created: int, model_name: str, text: str, r) -> dict:
+    """The JSON reply to a request without `stream`."""
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": r.finish_reason}],
+            "usage": usage(r)}
 
 
 def usage(r) -> dict:
