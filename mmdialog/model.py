@@ -1,7 +1,8 @@
 """MultimodalLM: media encoders + a fusion + a causal decoder, composed (never subclassed).
 
     images (N, 3, H, W), audios (N, S), videos (N, F, 3, H, W) --encoders--> media {"image": (N, T_img, d_img), ...}
-    input_ids (B, T) --decoder.embed--> (B, T, D) --fusion (e.g. media tokens into placeholder slots)--> (B, T, D)
+    input_ids (B, T) --decoder.embed (+ the user-turn reader's feature on user-turn tokens, when the model has
+    one: encoders/reader.py)--> (B, T, D) --fusion (e.g. media tokens into placeholder slots)--> (B, T, D)
     --decoder blocks (a fusion may add layers between them)--> hidden (B, T, D) --lm head at supervised positions--> loss
 """
 

@@ -20,6 +20,7 @@ distinct turn is encoded once, and a chat session encodes only its new turns.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -46,6 +47,16 @@ class TurnReader(nn.Module):
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # turn ids -> (d_enc,) float32
         self._texts: OrderedDict[str, list[int]] = OrderedDict()  # text -> its reader ids
+        self._lock = threading.RLock()  # the server's sessions share the model and its caches
+
+    def __getstate__(self):  # copies and pickles (export's deepcopy, DDP) get a lock of their own
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.RLock()
 
     def _apply(self, fn, recurse: bool = True):  # .to(device) / .float() reach the frozen encoder too
         super()._apply(fn, recurse)
@@ -63,16 +74,21 @@ class TurnReader(nn.Module):
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """The encoder's ids of each text (cut at its length limit), remembered per text."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
-        if missing:
-            enc = self.encoder.tokenize(missing)
-            for t, ids, m in zip(missing, enc["input_ids"].tolist(), enc["attention_mask"].tolist()):
-                self._remember(self._texts, t, ids[:sum(m)])
-        out = []
-        for t in texts:
-            self._texts.move_to_end(t)
-            out.append(self._texts[t])
-        return out
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
+            got = {}
+            if missing:
+                enc = self.encoder.tokenize(missing)
+                for t, ids, m in zip(missing, enc["input_ids"].tolist(), enc["attention_mask"].tolist()):
+                    got[t] = ids[:sum(m)]
+                    self._remember(self._texts, t, got[t])
+            out = []
+            for t in texts:
+                ids = got.get(t) or self._texts[t]  # (a batch larger than the cache evicts its own first texts)
+                if t in self._texts:
+                    self._texts.move_to_end(t)
+                out.append(ids)
+            return out
 
     def _remember(self, cache: OrderedDict, key, value) -> None:
         cache[key] = value
@@ -85,13 +101,15 @@ class TurnReader(nn.Module):
         before they are needed. Returns how many were encoded."""
         from tqdm import tqdm
 
-        new = sorted({tuple(t) for t in turns} - self._cache.keys(), key=len)
-        device = self.proj.weight.device
-        for i in tqdm(range(0, len(new), 256), desc=f"reading {len(new)} user turns", disable=not progress, leave=False):
-            self._encode(new[i:i + 256], device)
+        with self._lock:
+            new = sorted({tuple(t) for t in turns} - self._cache.keys(), key=len)
+            device = self.proj.weight.device
+            for i in tqdm(range(0, len(new), 256), desc=f"reading {len(new)} user turns", disable=not progress,
+                          leave=False):
+                self._encode(new[i:i + 256], device)
         return len(new)
 
-    def _encode(self, chunk: list[tuple[int, ...]], device: torch.device) -> None:
+    def _encode(self, chunk: list[tuple[int, ...]], device: torch.device) -> dict[tuple[int, ...], torch.Tensor]:
         from mmdialog.encoders.text import mean_pool
 
         L = max(len(k) for k in chunk)
@@ -105,19 +123,23 @@ class TurnReader(nn.Module):
         e = nn.functional.normalize(mean_pool(h, mask), dim=-1).cpu()
         for k, v in zip(chunk, e):
             self._remember(self._cache, k, v)
+        return dict(zip(chunk, e))
 
     @torch.no_grad()
     def embed(self, reader_ids: torch.Tensor, reader_mask: torch.Tensor) -> torch.Tensor:
         """(N, L) ids and mask -> (N, d_enc) float32 normalised sentence embeddings (cached per turn)."""
         keys = [tuple(r[:n]) for r, n in zip(reader_ids.tolist(), reader_mask.sum(1).tolist())]
-        new = sorted(set(keys) - self._cache.keys(), key=len)  # the encoder runs on the new turns only, by length
         device = reader_ids.device
-        for i in range(0, len(new), 256):
-            self._encode(new[i:i + 256], device)
-        out = []
-        for k in keys:
-            self._cache.move_to_end(k)
-            out.append(self._cache[k])
+        with self._lock:
+            new = sorted(set(keys) - self._cache.keys(), key=len)  # the encoder runs on the new turns only, by length
+            got = {}
+            for i in range(0, len(new), 256):
+                got.update(self._encode(new[i:i + 256], device))
+            out = []
+            for k in keys:
+                if k in self._cache:
+                    self._cache.move_to_end(k)
+                out.append(got[k] if k in got else self._cache[k])
         if not out:
             return torch.zeros(0, self.encoder.dim, device=device)
         return torch.stack(out).to(device)

@@ -45,11 +45,6 @@ class Sequence:
     gold_prefix: bool = False  # the gold conversation cut after its last round: scored as the gold history is
 
 
-def rounds_of(record: dict) -> list[tuple[str, str]]:
-    """(question, gold answer) of every round, the caption first."""
-    return [(rd["question"], rd["answer"]) for rd in record["rounds"]]
-
-
 def scored_rounds(record: dict) -> list[int]:
     return [rd["round"] for rd in record["rounds"] if rd.get("scored", True)]
 

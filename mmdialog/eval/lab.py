@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from mmdialog.chat.policies import Policy
 from mmdialog.chat.session import ChatSession
-from mmdialog.data.conversation import Image
+from mmdialog.data.conversation import Image, Text
 from mmdialog.data.processor import Processor
 from mmdialog.data.answers import normalise
 from mmdialog.data.worlds.shapes.as_said import golds_as_said
@@ -238,6 +238,16 @@ def usable_records(processor: Processor, records: list[dict], images: dict[str, 
     return ok, failed
 
 
+def warm_reader(model: MultimodalLM, processor: Processor, records: list[dict], progress: bool = False) -> int:
+    """With a user-turn reader: read every user turn of the records in one batched pass (the scorers would
+    meet them a batch at a time). Returns the turns encoded (0 without a reader)."""
+    if model.reader is None or processor.reader is None:
+        return 0
+    texts = ["".join(p.text for p in user_parts(r, k) if isinstance(p, Text)).strip()
+             for r in records for k in range(len(r["rounds"]))]
+    return model.reader.warm(processor.reader([t for t in texts if t]), progress=progress)
+
+
 def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], world_dir: str | Path | None, *,
             max_new_tokens: int, ablations: tuple[str, ...] = DEFAULT_ABLATIONS, own_history: int | None = None,
             ranking: int | None = None, ablation_dialogues: int | None = None,
@@ -262,6 +272,9 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
     lab = _Lab(model, processor, records, world_dir, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens,
                progress=progress, log=log, annotate=annotate, match=match, group_by=group_by, numeric=numeric)
     n = len(lab.records)
+    t = time.perf_counter()
+    warm_reader(model, processor, lab.records, progress)
+    lab.seconds["reader"] = round(time.perf_counter() - t, 3)
     lab.gold(gold_method)
     n_own = n if own_history is None else min(own_history, n)
     if n_own:

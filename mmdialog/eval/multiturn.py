@@ -1,25 +1,15 @@
 """Multi-turn evaluation on the world: greedy answers with the gold history, split by how much history a question needs.
 
-`evaluate` generates every answer with a ChatSession (the reference); `mmdialog.eval.lab` computes the same
-gold-history accuracy by teacher forcing in one batched pass, plus the model's own history, ablations and
-ranking. `summarise` turns per-question rows into the metrics both write.
+`mmdialog.eval.lab` computes the gold-history accuracy by teacher forcing in one batched pass (tests hold it
+equal to a ChatSession generating every answer), plus the model's own history, ablations and ranking.
+`summarise` turns per-question rows into the metrics it writes.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
 
-from mmdialog.chat.session import ChatSession
-from mmdialog.data.answers import normalise
-from mmdialog.data.conversation import Image
-from mmdialog.data.processor import Processor
-from mmdialog.errors import MMDialogError
-from mmdialog.model import MultimodalLM
 
 DISTANCE_BUCKETS = ("0", "1", "2", "3+")
 FINE_BUCKETS = ("0", "1", "2", "3-5", "6+")  # the issue's split; "3+" stays for the files the demo has written
@@ -37,25 +27,6 @@ def first_failed_round(rows: list[dict], n_rounds: int) -> float:
     """First wrong round / n_rounds (the caption counted, so rounds + 1 for `rounds` questions); 1.0 if none fails."""
     wrong = [r["round"] for r in rows if not r["correct"]]
     return min(wrong) / n_rounds if wrong else 1.0
-
-
-def answer_with_gold_history(session: ChatSession, record: dict, world_dir: Path) -> list[dict]:
-    """Ask every round of one dialogue; after each, the gold answer (not the model's) goes into the history."""
-    session.reset()
-    out = []
-    for rd in record["rounds"]:
-        parts = [Image(path=str(world_dir / record["image"])), rd["question"]] if rd["round"] == 0 else [rd["question"]]
-        session.add("user", *parts)
-        scored = rd.get("scored", True)
-        pred = session.generate(commit=False) if scored else None  # captions and statements are not scored
-        session.add("assistant", rd["answer"])
-        if scored:
-            out.append({
-                "id": record["id"], "round": rd["round"], "question": rd["question"], "gold": rd["answer"],
-                "pred": pred, "family": rd["family"], "ref": rd["ref"], "distance": rd["distance"],
-                "n_rounds": len(record["rounds"]), "correct": normalise(pred) == normalise(rd["answer"]),
-            })
-    return out
 
 
 def summarise(preds: list[dict]) -> dict:
@@ -90,30 +61,6 @@ def summarise(preds: list[dict]) -> dict:
     accuracy["first_failed_round"] = sum(ffr) / len(ffr) if ffr else None
     counts["dialogues"] = len(dialogues)
     return {"accuracy": accuracy, "counts": counts}
-
-
-def evaluate(model: MultimodalLM, processor: Processor, records: list[dict], world_dir: str | Path, *,
-             max_new_tokens: int = 8, progress: bool = True) -> tuple[dict, list[dict]]:
-    world_dir = Path(world_dir)
-    model.eval()
-    session = ChatSession(model, processor, max_new_tokens=max_new_tokens)
-    preds: list[dict] = []
-    failed: list[dict] = []  # a dialogue that cannot be run (unreadable image, too long) is counted, not fatal
-    with torch.no_grad():
-        for rec in tqdm(records, desc="eval", disable=not progress, leave=False):
-            try:
-                preds.extend(answer_with_gold_history(session, rec, world_dir))
-            except MMDialogError as e:
-                failed.append({"id": rec["id"], "error": str(e)})
-    summary = summarise(preds)
-    summary["failed_dialogues"] = failed
-    return summary, preds
-
-
-def write_predictions(preds: list[dict], path: str | Path) -> None:
-    with open(path, "w") as f:
-        for p in preds:
-            f.write(json.dumps(p) + "\n")
 
 
 # ----------------------------------------------------------------------------- any labels (one path for files and the world)

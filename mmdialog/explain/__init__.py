@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmdialog.data.collate import Collator
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import Context, record_image
@@ -62,9 +63,9 @@ def explain_dialogue(model: MultimodalLM, processor: Processor, record: dict, wo
     ids = ex.input_ids.tolist()
     tok = processor.tokenizer
     device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in Collator(tok.pad_id)([ex]).items() if k not in ("labels", "attention_mask")}
     with recording(model.decoder) as maps:
-        model(input_ids=ex.input_ids[None].to(device), images=None if ex.images is None else ex.images.to(device),
-              return_logits=False)
+        model(**batch, return_logits=False)
     gates = fusion_values(model.fusion)
     layers = [m[0] for m in maps.values() if m]
     if not layers:

@@ -145,13 +145,6 @@ def remember(cache, name: str, new: MediaMemory) -> MediaMemory:
     return full
 
 
-def empty_memory(batch: int, names: dict[str, int], like: torch.Tensor) -> MediaMemory:
-    """No entries, with the given tensor names and widths."""
-    return MediaMemory(torch.zeros(batch, 0, dtype=torch.long, device=like.device),
-                       torch.zeros(batch, 0, dtype=torch.bool, device=like.device),
-                       {k: like.new_zeros(batch, 0, c) for k, c in names.items()})
-
-
 def fill_slots(token_embeds: torch.Tensor, input_ids: torch.Tensor, placeholder_id: int,
                tokens: torch.Tensor) -> torch.Tensor:
     """Write tokens (N, S, D) into the N*S placeholder slots, row-major (counts checked by locate_items)."""

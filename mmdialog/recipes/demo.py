@@ -84,7 +84,7 @@ def estimate_eval_seconds(model, processor, records: list[dict], world: Path, ma
     splits = [s for s in (heldout_info(world).get("splits") or {}) if (world / f"{s}.jsonl").is_file()]
     sizes = [sum(1 for line in open(world / f"{s}.jsonl", encoding="utf-8") if line.strip()) for s in splits]
     per_split = min(max(sizes, default=0), max_heldout) if max_heldout else max(sizes, default=0)
-    dialogues = {"gold_history": n, "own_history": min(DEMO_OWN_HISTORY, n), "ranking": min(DEMO_RANKING, n),
+    dialogues = {"gold_history": n, "reader": n, "own_history": min(DEMO_OWN_HISTORY, n), "ranking": min(DEMO_RANKING, n),
                  "heldout": per_split}
     tok = processor.tokenizer
     answers = [len(tok.encode_text(rd["answer"])) + 1 for r in records[:k2] for rd in r["rounds"]]

@@ -186,3 +186,41 @@ def test_reader_errors_name_what_is_wrong(tokenizer):
     with pytest.raises(MMDialogError, match="no_such_package_here.*not installed"):
         build_model(load_config(None, TINY + ['model.reader={name: hf_text, path: "pkg:no_such_package_here"}']).model,
                     vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids))
+
+
+def test_a_copied_model_keeps_its_reader(with_reader, tokenizer):
+    import copy
+
+    model, proc, _ = with_reader
+    other = copy.deepcopy(model)
+    assert other.reader.encoder is not model.reader.encoder and other.reader._lock is not model.reader._lock
+    batch = Collator(tokenizer.pad_id)([proc(conversation())])
+    with torch.no_grad():
+        assert torch.equal(other(**batch).loss, model(**batch).loss)
+
+
+def test_the_lab_reads_every_user_turn_once_before_scoring(tokenizer, tmp_path):
+    from mmdialog.data.worlds.shapes.io import generate_world, load_split
+    from mmdialog.eval.lab import run_lab
+
+    model, proc, _ = build(tokenizer, reader=True)
+    generate_world(tmp_path, dialogues=20, seed=3, image_size=32, progress=False)
+    records = load_split(tmp_path, "train")[:3]
+    lab = run_lab(model, proc, records, tmp_path, max_new_tokens=3, own_history=1, ranking=0, ablation_dialogues=1,
+                  progress=False)
+    distinct = {tuple(t) for t in model.reader.tokenize([rd["question"] for r in records for rd in r["rounds"]])}
+    assert model.reader.stats["cached_turns"] == len(distinct)  # nothing more was encoded while scoring
+    assert "reader" in lab.metrics["eval"]["seconds"]
+
+
+def test_an_export_loads_with_its_reader(with_reader, tokenizer, tmp_path):
+    from mmdialog.modelio import load_any, save_checkpoint
+    from mmdialog.modelio.hf_export import export
+
+    model, proc, cfg = with_reader
+    save_checkpoint(tmp_path / "ck", model, tokenizer, cfg, {"steps": 0})
+    export(tmp_path / "ck", tmp_path / "ex")
+    ck = load_any(tmp_path / "ex")
+    batch = Collator(tokenizer.pad_id)([ck.processor(conversation())])
+    with torch.no_grad():
+        assert torch.allclose(ck.model(**batch).loss, model(**batch).loss, atol=1e-6)
