@@ -154,12 +154,7 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     """
     from tqdm import tqdm
 
-    if not isinstance(dialogues, int) or dialogues < 1:
-        raise MMDialogError(f"dialogues must be a positive integer, got {dialogues!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise MMDialogError(f"seed must be a non-negative integer, got {seed!r}")
-    if not isinstance(rounds, int) or rounds < 1:
-        raise MMDialogError(f"rounds must be a positive integer, got {rounds!r}")
+    _check_sizes(dialogues, seed, rounds)
     check_image_size(image_size)
     counts = split_counts(dialogues, splits)
     kinds = parse_kinds(held_out)
@@ -167,20 +162,12 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     long_rounds = 2 * rounds if long_rounds is None else long_rounds
     modalities = parse_modalities(modalities)
     with_media = modalities != ("image",) or bool(media_dialogues)
-    if media_dialogues is not None and (not isinstance(media_dialogues, int) or media_dialogues < 0):
-        raise MMDialogError(f"media_dialogues must be a non-negative integer, got {media_dialogues!r}")
-    if with_media and rounds < 3:
-        raise MMDialogError(f"media dialogues need at least 3 question rounds, got rounds={rounds}")
-    if kinds and (not isinstance(n_held, int) or n_held < 1):
-        raise MMDialogError(f"held_out_dialogues must be a positive integer, got {n_held!r}")
-    if "long" in kinds and (not isinstance(long_rounds, int) or long_rounds < 2 * rounds):
-        raise MMDialogError(f"long_rounds must be at least twice the training rounds (2 x {rounds}), got {long_rounds!r}")
+    _check_media(with_media, media_dialogues, rounds)
+    _check_held_out(kinds, n_held, long_rounds, rounds)
     pairs = heldout_pairs(seed) if "combos" in kinds else None
     if phrasing not in PHRASINGS:
         raise MMDialogError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
-    options = {split: {"rounds": rounds, "exclude_pairs": pairs, "phrasing": phrasing} for split in SPLITS}
-    options.update({KINDS[k]: {"rounds": long_rounds if k == "long" else rounds, "require_pairs": pairs if k == "combos" else None,
-                               "paraphrase": k == "paraphrase", "phrasing": phrasing} for k in kinds})
+    options = _split_options(kinds, rounds, long_rounds, pairs, phrasing)
     out = Path(out_dir)
     start = time.perf_counter()
     tally = _Tally()
@@ -190,25 +177,80 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
     with tqdm(total=total, disable=not progress, desc="shapes world", unit="dialogue") as bar, \
             pool or contextlib.nullcontext():
         for split, opts in options.items():
-            n = counts.get(split, n_held)
-            img_dir = out / "images" / split
-            img_dir.mkdir(parents=True, exist_ok=True)
-            ours = re.compile(rf"{split}-(\d+)\.png")
-            for p in img_dir.iterdir():  # images of an earlier, larger world in the same place
-                m = ours.fullmatch(p.name)
-                if m and int(m[1]) >= n:
-                    p.unlink()
-            jobs = ((seed, split, i, image_size, opts) for i in range(n))
-            made = pool.map(_dialogue_and_png, jobs, chunksize=64) if pool else map(_dialogue_and_png, jobs)
-            with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
-                for record, png in made:  # in index order, whoever drew them
-                    (out / record["image"]).write_bytes(png)
-                    f.write(json.dumps(record, sort_keys=True) + "\n")
-                    if split in SPLITS:
-                        tally.add(record["rounds"])
-                    bar.update(1)
+            for record in _write_split_files(out, split, counts.get(split, n_held), seed, image_size, opts, pool):
+                if split in SPLITS:
+                    tally.add(record["rounds"])
+                bar.update(1)
     stats = tally.summary()
-    world = {
+    world = _world_json(seed, counts, image_size, rounds, splits, phrasing, stats)
+    if with_media:  # only then, as with held-out splits
+        world["media"] = generate_media(out, counts=split_counts(media_dialogues or dialogues, splits), seed=seed,
+                                        image_size=image_size, rounds=rounds, modalities=modalities,
+                                        exclude_pairs=pairs, progress=progress)
+    if kinds:  # only then: a default world.json keeps its bytes
+        world["heldout"] = _heldout_json(kinds, n_held, options, pairs)
+    (out / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    summary = {"counts": counts, **stats, "seconds": round(time.perf_counter() - start, 3)}
+    if kinds:
+        summary["heldout"] = {KINDS[k]: n_held for k in kinds}
+    if with_media:
+        summary["media"] = {"counts": world["media"]["counts"], **world["media"]["stats"]}
+    return summary
+
+
+def _check_sizes(dialogues, seed, rounds) -> None:
+    if not isinstance(dialogues, int) or dialogues < 1:
+        raise MMDialogError(f"dialogues must be a positive integer, got {dialogues!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise MMDialogError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise MMDialogError(f"rounds must be a positive integer, got {rounds!r}")
+
+
+def _check_media(with_media: bool, media_dialogues, rounds: int) -> None:
+    if media_dialogues is not None and (not isinstance(media_dialogues, int) or media_dialogues < 0):
+        raise MMDialogError(f"media_dialogues must be a non-negative integer, got {media_dialogues!r}")
+    if with_media and rounds < 3:
+        raise MMDialogError(f"media dialogues need at least 3 question rounds, got rounds={rounds}")
+
+
+def _check_held_out(kinds, n_held, long_rounds, rounds: int) -> None:
+    if kinds and (not isinstance(n_held, int) or n_held < 1):
+        raise MMDialogError(f"held_out_dialogues must be a positive integer, got {n_held!r}")
+    if "long" in kinds and (not isinstance(long_rounds, int) or long_rounds < 2 * rounds):
+        raise MMDialogError(f"long_rounds must be at least twice the training rounds (2 x {rounds}), got {long_rounds!r}")
+
+
+def _split_options(kinds, rounds: int, long_rounds: int, pairs, phrasing: str) -> dict[str, dict]:
+    """make_dialogue's options per split, train/val/test first, then the held-out splits of `kinds`."""
+    options = {split: {"rounds": rounds, "exclude_pairs": pairs, "phrasing": phrasing} for split in SPLITS}
+    options.update({KINDS[k]: {"rounds": long_rounds if k == "long" else rounds, "require_pairs": pairs if k == "combos" else None,
+                               "paraphrase": k == "paraphrase", "phrasing": phrasing} for k in kinds})
+    return options
+
+
+def _write_split_files(out: Path, split: str, n: int, seed: int, image_size: int, opts: dict, pool):
+    """Write the split's n dialogues (OUT/<split>.jsonl, OUT/images/<split>/) and yield each record once written;
+    drawn by `pool`'s processes when there is one."""
+    img_dir = out / "images" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"{split}-(\d+)\.png")
+    for p in img_dir.iterdir():  # images of an earlier, larger world in the same place
+        m = ours.fullmatch(p.name)
+        if m and int(m[1]) >= n:
+            p.unlink()
+    jobs = ((seed, split, i, image_size, opts) for i in range(n))
+    made = pool.map(_dialogue_and_png, jobs, chunksize=64) if pool else map(_dialogue_and_png, jobs)
+    with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+        for record, png in made:  # in index order, whoever drew them
+            (out / record["image"]).write_bytes(png)
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            yield record
+
+
+def _world_json(seed: int, counts: dict, image_size: int, rounds: int, splits, phrasing: str, stats: dict) -> dict:
+    """world.json of a world without media or held-out splits (those add their own sections)."""
+    return {
         "format": FORMAT, "version": VERSION, "seed": seed, "counts": counts,
         "settings": {"image_size": image_size, "rounds": rounds, "splits": list(splits), "grid": GRID,
                      "phrasing": phrasing,
@@ -219,22 +261,14 @@ def generate_world(out_dir, *, dialogues: int, seed: int, image_size: int = 64, 
                        "families": list(FAMILIES), "refs": list(REFS)},
         "stats": stats,
     }
-    if with_media:  # only then, as with held-out splits
-        world["media"] = generate_media(out, counts=split_counts(media_dialogues or dialogues, splits), seed=seed,
-                                        image_size=image_size, rounds=rounds, modalities=modalities,
-                                        exclude_pairs=pairs, progress=progress)
-    if kinds:  # only then: a default world.json keeps its bytes
-        world["heldout"] = {"splits": {KINDS[k]: {"count": n_held, "rounds": options[KINDS[k]]["rounds"],
-                                                  "description": DESCRIPTIONS[KINDS[k]]} for k in kinds}}
-        if pairs:
-            world["heldout"]["pairs"] = [list(p) for p in pairs]
-    (out / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    summary = {"counts": counts, **stats, "seconds": round(time.perf_counter() - start, 3)}
-    if kinds:
-        summary["heldout"] = {KINDS[k]: n_held for k in kinds}
-    if with_media:
-        summary["media"] = {"counts": world["media"]["counts"], **world["media"]["stats"]}
-    return summary
+
+
+def _heldout_json(kinds, n_held: int, options: dict, pairs) -> dict:
+    heldout = {"splits": {KINDS[k]: {"count": n_held, "rounds": options[KINDS[k]]["rounds"],
+                                     "description": DESCRIPTIONS[KINDS[k]]} for k in kinds}}
+    if pairs:
+        heldout["pairs"] = [list(p) for p in pairs]
+    return heldout
 
 
 def write_split(out_dir, split: str, count: int, *, seed: int, image_size: int = 64, rounds: int = 8,
