@@ -135,7 +135,7 @@ class Collator:
         segments = torch.zeros((B, T), dtype=torch.long)
         weighted = self.loss_turns in ("weighted", "per_turn")
         weights = torch.ones((B, T)) if weighted else None
-        read = [e.reader_ids is not None for e in examples]
+        read = [getattr(e, "reader_ids", None) is not None for e in examples]
         if any(read) and not all(read):
             raise MMDialogError("some examples carry user-turn reader inputs and some do not: one processor "
                                 "makes a batch")
