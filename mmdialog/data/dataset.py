@@ -45,7 +45,9 @@ class ConversationDataset(Dataset):
     @classmethod
     def build(cls, conversations: list[Conversation], processor: Processor, desc: str = "processing", progress: bool = True):
         ds = cls()
-        processor.warm(conversations)
+        if processor.reader is not None:  # the reader reads them all first: a generator must be read only once
+            conversations = list(conversations)
+            processor.warm(conversations, progress=progress)
         for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
             cid = str(conv.meta.get("id", len(ds.ids) + len(ds.skipped)))
             try:

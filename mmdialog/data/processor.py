@@ -194,6 +194,11 @@ class VideoTransform:
         return torch.stack([image_to_tensor(frames[i], self.image_size) for i in idx])  # (F, 3, H, W)
 
 
+def user_texts(conv: Conversation) -> list[str]:
+    """The text of each user turn, stripped, in order ("" for a turn of media only): what the reader reads."""
+    return [t.text.strip() for t in conv.turns if t.role == "user"]
+
+
 @dataclass
 class MediaInput:
     """How the processor turns one modality's parts into tensors, and how many placeholder tokens one takes."""
@@ -214,9 +219,9 @@ class Processor:
 
     def __init__(self, tokenizer: ChatTokenizer, *, image_size: int | None = None, image_tokens: int | None = None,
                  max_length: int = 1024, media: dict[str, MediaInput] | None = None,
-                 reader: Callable[[list[str]], list[list[int]]] | None = None):
+                 reader=None):
         """image_size/image_tokens: the image input; media: other modalities ("audio", "video") by name;
-        reader: the user-turn reader's tokenize (texts -> ids each), when the model has one."""
+        reader: the model's user-turn reader (encoders/reader.py: tokenize(texts), warm(ids)), when it has one."""
         self.tokenizer = tokenizer
         self.reader = reader
         self.image_size = image_size
@@ -237,9 +242,8 @@ class Processor:
                 image_size, image_tokens = enc.image_size, tokens
             elif modality in TRANSFORMS:
                 media[modality] = MediaInput(tokens, TRANSFORMS[modality].from_encoder(enc))
-        reader = getattr(model, "reader", None)
         return cls(tokenizer, image_size=image_size, image_tokens=image_tokens, max_length=max_length, media=media,
-                   reader=reader.tokenize if reader is not None else None)
+                   reader=getattr(model, "reader", None))
 
     def media_tokens(self, modality: str) -> int:
         """Placeholder tokens one item of this modality takes after expansion."""
@@ -330,11 +334,19 @@ class Processor:
                        weights=self.weights_for(conv, ids), reader_ids=reader_ids,
                        reader_index=None if reader_index is None else torch.tensor(reader_index))
 
-    def warm(self, conversations: list[Conversation]) -> None:
-        """Tokenise every user turn of many conversations for the user-turn reader in one call (each one alone
-        costs the tokenizer's per-call overhead); nothing without a reader."""
-        if self.reader is not None:
-            self.reader([t.text.strip() for c in conversations for t in c.turns if t.role == "user" and t.text.strip()])
+    def warm(self, conversations: list[Conversation], progress: bool = False) -> int:
+        """Read every user turn of many conversations with the user-turn reader before they are processed."""
+        if self.reader is None:
+            return 0
+        return self.read_texts([t for c in conversations for t in user_texts(c) if t], progress)
+
+    def read_texts(self, texts: list[str], progress: bool = False) -> int:
+        """Tokenise user-turn texts for the reader in one call (each alone costs the tokenizer's per-call overhead)
+        and encode the new ones in batches by length (in training or scoring steps they would come a few at a
+        time). Returns the turns encoded; nothing without a reader."""
+        if self.reader is None:
+            return 0
+        return self.reader.warm(self.reader.tokenize(texts), progress=progress)
 
     def reader_inputs(self, conv: Conversation, ids: list[int]) -> tuple[list[list[int]], list[int]]:
         """What the user-turn reader takes for one rendering: the reader's ids of each user turn that has text,
@@ -343,7 +355,7 @@ class Processor:
         conversation's k-th user turn (only the template places role tokens)."""
         if self.reader is None:
             raise MMDialogError("this processor has no user-turn reader (the model has no model.reader)")
-        texts = [t.text.strip() for t in conv.turns if t.role == "user"]
+        texts = user_texts(conv)
         user, end = self.tokenizer.role_ids["user"], self.tokenizer.end_id
         media = set(self.tokenizer.media_ids.values())
         kept = [k for k, t in enumerate(texts) if t]  # turns with text: a turn of media only gets nothing
@@ -357,7 +369,7 @@ class Processor:
                 k, inside = k + 1, True
         if k + 1 != len(texts):
             raise MMDialogError(f"the rendering holds {k + 1} user turn(s), the conversation {len(texts)}")
-        return self.reader([texts[k] for k in kept]), index
+        return self.reader.tokenize([texts[k] for k in kept]), index
 
     def weights_for(self, conv: Conversation, ids: list[int]) -> torch.Tensor | None:
         """(T,) float: the tokens of the k-th assistant reply (from its <|assistant|> to its <|end|>) carry the k-th

@@ -125,8 +125,9 @@ class HFTextEncoder(nn.Module):
         self.tokenizer = None
         if path:
             self.model = from_pretrained(AutoModel, path, "text encoder")
-            self.tokenizer = _tokenizer(resolve_dir(path))
-            st = resolve_dir(path) / "sentence_bert_config.json"  # sentence-transformers' truncation length
+            d = resolve_dir(path)
+            self.tokenizer = _tokenizer(d)
+            st = d / "sentence_bert_config.json"  # sentence-transformers' truncation length
             if not max_len and st.is_file():
                 max_len = int(json.loads(st.read_text()).get("max_seq_length", 0) or 0)
         else:

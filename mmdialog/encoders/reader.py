@@ -99,15 +99,20 @@ class TurnReader(nn.Module):
     def warm(self, turns: list[list[int]], progress: bool = False) -> int:
         """Encode the turns not cached yet (reader ids each, e.g. a training set's), by length in batches of 256,
         before they are needed. Returns how many were encoded."""
+        with self._lock:
+            return len(self._encode_new([tuple(t) for t in turns], self.proj.weight.device, progress))
+
+    def _encode_new(self, keys: list[tuple[int, ...]], device: torch.device,
+                    progress: bool = False) -> dict[tuple[int, ...], torch.Tensor]:
+        """Encode the keys not cached yet, by length in batches of 256; their embeddings (also now cached)."""
         from tqdm import tqdm
 
-        with self._lock:
-            new = sorted({tuple(t) for t in turns} - self._cache.keys(), key=len)
-            device = self.proj.weight.device
-            for i in tqdm(range(0, len(new), 256), desc=f"reading {len(new)} user turns", disable=not progress,
-                          leave=False):
-                self._encode(new[i:i + 256], device)
-        return len(new)
+        new = sorted(set(keys) - self._cache.keys(), key=len)  # by length: little padding within a batch
+        got = {}
+        for i in tqdm(range(0, len(new), 256), desc=f"reading {len(new)} user turns", disable=not progress,
+                      leave=False):
+            got.update(self._encode(new[i:i + 256], device))
+        return got
 
     def _encode(self, chunk: list[tuple[int, ...]], device: torch.device) -> dict[tuple[int, ...], torch.Tensor]:
         from mmdialog.encoders.text import mean_pool
@@ -131,10 +136,7 @@ class TurnReader(nn.Module):
         keys = [tuple(r[:n]) for r, n in zip(reader_ids.tolist(), reader_mask.sum(1).tolist())]
         device = reader_ids.device
         with self._lock:
-            new = sorted(set(keys) - self._cache.keys(), key=len)  # the encoder runs on the new turns only, by length
-            got = {}
-            for i in range(0, len(new), 256):
-                got.update(self._encode(new[i:i + 256], device))
+            got = self._encode_new(keys, device)  # the encoder runs on the new turns only
             out = []
             for k in keys:
                 if k in self._cache:

@@ -238,14 +238,14 @@ def usable_records(processor: Processor, records: list[dict], images: dict[str, 
     return ok, failed
 
 
-def warm_reader(model: MultimodalLM, processor: Processor, records: list[dict], progress: bool = False) -> int:
+def warm_reader(processor: Processor, records: list[dict], progress: bool = False) -> int:
     """With a user-turn reader: read every user turn of the records in one batched pass (the scorers would
     meet them a batch at a time). Returns the turns encoded (0 without a reader)."""
-    if model.reader is None or processor.reader is None:
+    if processor.reader is None:
         return 0
     texts = ["".join(p.text for p in user_parts(r, k) if isinstance(p, Text)).strip()
              for r in records for k in range(len(r["rounds"]))]
-    return model.reader.warm(processor.reader([t for t in texts if t]), progress=progress)
+    return processor.read_texts([t for t in texts if t], progress)
 
 
 def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], world_dir: str | Path | None, *,
@@ -273,7 +273,7 @@ def run_lab(model: MultimodalLM, processor: Processor, records: list[dict], worl
                progress=progress, log=log, annotate=annotate, match=match, group_by=group_by, numeric=numeric)
     n = len(lab.records)
     t = time.perf_counter()
-    warm_reader(model, processor, lab.records, progress)
+    warm_reader(processor, lab.records, progress)
     lab.seconds["reader"] = round(time.perf_counter() - t, 3)
     lab.gold(gold_method)
     n_own = n if own_history is None else min(own_history, n)

@@ -262,9 +262,6 @@ def prepare(cfg: Config, world_dir: Path | None, progress: bool = True, tokenize
     else:
         convs = [record_to_conversation(r, world_dir) for r in train_records]
         dataset = ConversationDataset.build(convs, processor, desc="processing train", progress=progress)
-    if model.reader is not None and isinstance(dataset, ConversationDataset):  # each distinct user turn read once,
-        # in batches by length, before training (in training steps they would come a few at a time)
-        model.reader.warm([t for e in dataset.examples for t in e.reader_ids], progress=progress)
     return tokenizer, model, processor, dataset
 
 

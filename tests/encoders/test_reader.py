@@ -228,3 +228,15 @@ def test_an_export_loads_with_its_reader(with_reader, tokenizer, tmp_path):
     batch = Collator(tokenizer.pad_id)([ck.processor(conversation())])
     with torch.no_grad():
         assert torch.allclose(ck.model(**batch).loss, model(**batch).loss, atol=1e-6)
+
+
+def test_a_data_file_trains_with_a_reader(with_reader):
+    """ConversationDataset.build gets a generator from a data file: the reader's read-ahead must not use it up."""
+    from tests.data.formats.conftest import FIXTURES, MEDIA
+
+    from mmdialog.data.formats import DataFile
+
+    model, proc, _ = with_reader
+    ds = DataFile(FIXTURES / "llava.json", media_root=MEDIA).dataset(proc, modalities=model.encoders.keys(),
+                                                                     progress=False)
+    assert len(ds) == 5 and all(e.reader_ids for e in ds.examples)
