@@ -105,121 +105,117 @@ def own_history_replies(model: MultimodalLM, processor: Processor, records: list
 
 
 def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_tokens: int) -> None:
-    tok = processor.tokenizer
-    device = next(model.parameters()).device
-    max_len = model.decoder.max_seq_len
-    banned = torch.tensor(processor.tokenizer.never_generated, device=device)
-    placeholders = {tok.media_ids[m]: (m, processor.media_tokens(m)) for m in processor.media}
-    B = len(rows)
-    cache = _Columns(max_len)
-    mask = torch.zeros(B, 0, dtype=torch.long, device=device)  # (B, S): 1 = a live column
-    encoded: dict[int, torch.Tensor] = {}  # id(part) -> (1, T_m, d)
-
-    def encode(part) -> torch.Tensor:
-        if id(part) not in encoded:
-            x = processor.media[part.type].transform(part, part.type)[None]  # (1, ...)
-            encoded[id(part)] = model.encode_media(**{by_name(part.type).key: x.to(device)})[part.type]
-        return encoded[id(part)]
-
-    def feed(new: list[list[int]], media_items: list[list], positions: list[int],
-             reading: list[tuple[list[list[int]], list[int]] | None] | None = None) -> torch.Tensor:
-        """Append one chunk: row b's ids new[b] (left-aligned, pads after), its media items, positions from
-        positions[b], and with a user-turn reader reading[b] = (its turns' reader ids, new[b]'s turn index).
-        Returns hidden (B, W, D)."""
-        nonlocal mask
-        W = max(len(n) for n in new)
-        S = mask.shape[1]
-        ids = torch.full((B, W), tok.pad_id, dtype=torch.long)
-        pos = torch.zeros(B, W, dtype=torch.long)
-        live = torch.zeros(B, W, dtype=torch.long)
-        for b, n in enumerate(new):
-            ids[b, :len(n)] = torch.tensor(n, dtype=torch.long)
-            pos[b] = positions[b] + torch.arange(W).clamp(max=max(len(n) - 1, 0))
-            live[b, :len(n)] = 1
-            rows[b].fed += n
-            rows[b].cols += range(S, S + len(n))
-        media: dict[str, list] = {}
-        for items in media_items:  # row-major, as the fusion fills the placeholder slots
-            for p in items:
-                media.setdefault(p.type, []).append(encode(p))
-        mask = torch.cat([mask, live.to(device)], 1)
-        reader = None
-        if reading is not None:
-            reader = {k: v.to(device) for k, v in reader_batch(reading, W).items()}
-        return model.hidden(ids.to(device), {m: torch.cat(v) for m, v in media.items()}, attention_mask=mask,
-                            cache=cache, position_ids=pos.to(device), reader=reader)
-
-    def compact() -> None:
-        """Each row's live columns gathered to the right end, the dead ones dropped."""
-        nonlocal mask
-        if not cache.keys:
-            return
-        n = max(len(r.cols) for r in rows)
-        if n == mask.shape[1]:
-            return  # nothing dead
-        idx = torch.zeros(B, n, dtype=torch.long)
-        new_mask = torch.zeros(B, n, dtype=torch.long)
-        for b, r in enumerate(rows):
-            k = len(r.cols)
-            if k:
-                idx[b, n - k:] = torch.tensor(r.cols)
-                new_mask[b, n - k:] = 1
-            r.cols = list(range(n - k, n))
-        cache.gather(idx.to(device))
-        mask = new_mask.to(device)
-
+    """Every round of these rows, in lockstep: each row's replies (or error) filled in."""
+    batch = _Batch(model, processor, rows, max_new_tokens)
     for r in range(max(len(row.record["rounds"]) for row in rows)):
-        compact()
+        batch.round(r)
+
+
+class _Batch:
+    """The rows of one batch and what they share: one KV cache whose rows are the dialogues, the mask of each
+    row's live columns, the media already encoded."""
+
+    def __init__(self, model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_tokens: int):
+        self.model, self.processor, self.rows, self.max_new_tokens = model, processor, rows, max_new_tokens
+        self.tok = tok = processor.tokenizer
+        self.device = next(model.parameters()).device
+        self.max_len = model.decoder.max_seq_len
+        self.banned = torch.tensor(tok.never_generated, device=self.device)
+        self.placeholders = {tok.media_ids[m]: (m, processor.media_tokens(m)) for m in processor.media}
+        self.B = len(rows)
+        self.cache = _Columns(self.max_len)
+        self.mask = torch.zeros(self.B, 0, dtype=torch.long, device=self.device)  # (B, S): 1 = a live column
+        self.encoded: dict[int, torch.Tensor] = {}  # id(part) -> (1, T_m, d)
+
+    def round(self, r: int) -> None:
+        """Round r: every row still going renders its conversation and feeds what its cache lacks, then the
+        greedy replies are decoded together and appended to the rows' conversations."""
+        self.compact()
+        B = self.B
         new, items, positions, active = [], [], [], []
-        reading = [None] * B if processor.reader is not None else None
-        for b, row in enumerate(rows):
-            if row.error is not None or r >= len(row.record["rounds"]):
+        reading = [None] * B if self.processor.reader is not None else None
+        for b, row in enumerate(self.rows):
+            chunk = self.chunk(b, row, r)
+            if chunk is None:
                 new.append([]), items.append([]), positions.append(len(row.fed))
                 continue
-            row.conv.turns.append(Turn("user", user_parts(row.record, r, row.image)))
-            ids = processor.expanded_ids(row.conv, add_generation_prompt=True, where=f"dialogue {row.record['id']}")
-            if len(ids) >= max_len:
-                row.error = (f"the conversation needs {len(ids)} tokens, over the model's max_seq_len {max_len}; "
-                             "choose a context policy such as last_k or token_budget")
-                new.append([]), items.append([]), positions.append(len(row.fed))
-                continue
-            p = 0
-            while p < min(len(ids), len(row.fed)) and ids[p] == row.fed[p]:
-                p += 1
-            p = min(p, len(ids) - 1)  # feed at least one token: its logits are the next-token distribution
-            while p > 0 and ids[p - 1] in placeholders and ids[p] in placeholders and ids[:p].count(ids[p - 1]) \
-                    % placeholders[ids[p - 1]][1]:
-                p -= 1  # never cut a media item in two
-            dead = row.cols[p:]
-            if dead:
-                mask[b, dead] = 0
-            row.fed, row.cols = row.fed[:p], row.cols[:p]
-            conv_items = [x for t in row.conv.turns for x in t.parts if not isinstance(x, Text)]
-            kept = {m: ids[:p].count(tok.media_ids[m]) // processor.media_tokens(m) for m in processor.media}
-            fresh, seen = [], {m: 0 for m in processor.media}
-            for x in conv_items:
-                if seen[x.type] >= kept[x.type]:
-                    fresh.append(x)
-                seen[x.type] += 1
+            ids, p, fresh, read = chunk
             new.append(ids[p:]), items.append(fresh), positions.append(p)
             active.append((b, len(ids)))
-            if reading is not None:  # the earlier turns' cached tokens read the same texts: only this chunk's
-                turns, index = processor.reader_inputs(row.conv, ids)
-                reading[b] = (turns, index[p:])
+            if reading is not None:
+                reading[b] = read
         if not active:
-            continue
-        if mask.shape[1] + max(len(n) for n in new) + max_new_tokens > cache.capacity:
-            raise MMDialogError(f"a batch of {B} dialogues needs more than the model's {max_len} cache columns at "
-                                f"round {r}; run it with a smaller batch")
-        hidden = feed(new, items, positions, reading)
+            return
+        if self.mask.shape[1] + max(len(n) for n in new) + self.max_new_tokens > self.cache.capacity:
+            raise MMDialogError(f"a batch of {B} dialogues needs more than the model's {self.max_len} cache columns "
+                                f"at round {r}; run it with a smaller batch")
+        hidden = self.feed(new, items, positions, reading)
         last = torch.stack([hidden[b, len(new[b]) - 1] for b, _ in active])
-        logits = model.decoder.logits(last).float()  # (A, V)
-        limit = {b: min(max_new_tokens, max_len - n) for b, n in active}
+        reply = self.decode(self.model.decoder.logits(last).float(), active)
+        for b, _ in active:
+            text = self.tok.decode(reply[b])
+            self.rows[b].replies.append(text)
+            self.rows[b].conv.turns.append(Turn("assistant", [Text(text)]))
+
+    def chunk(self, b: int, row: _Row, r: int) -> tuple[list[int], int, list, tuple | None] | None:
+        """Row b's question r rendered: (its ids, how many of them the cache keeps, the media items past those,
+        the reader's inputs for the ids past those); the columns past the kept ones are masked. None when the
+        row has no round r or stops here (row.error set: the conversation outgrew the model's context)."""
+        if row.error is not None or r >= len(row.record["rounds"]):
+            return None
+        row.conv.turns.append(Turn("user", user_parts(row.record, r, row.image)))
+        ids = self.processor.expanded_ids(row.conv, add_generation_prompt=True,
+                                          where=f"dialogue {row.record['id']}")
+        if len(ids) >= self.max_len:
+            row.error = (f"the conversation needs {len(ids)} tokens, over the model's max_seq_len {self.max_len}; "
+                         "choose a context policy such as last_k or token_budget")
+            return None
+        p = self.kept_prefix(row, ids)
+        dead = row.cols[p:]
+        if dead:
+            self.mask[b, dead] = 0
+        row.fed, row.cols = row.fed[:p], row.cols[:p]
+        fresh = self.fresh_items(row, ids[:p])
+        read = None
+        if self.processor.reader is not None:  # the earlier turns' cached tokens read the same texts: only this chunk's
+            turns, index = self.processor.reader_inputs(row.conv, ids)
+            read = (turns, index[p:])
+        return ids, p, fresh, read
+
+    def kept_prefix(self, row: _Row, ids: list[int]) -> int:
+        """How many leading ids the row's cache already holds, at least one left to feed (its logits are the
+        next-token distribution), never cutting a media item in two."""
+        p = 0
+        while p < min(len(ids), len(row.fed)) and ids[p] == row.fed[p]:
+            p += 1
+        p = min(p, len(ids) - 1)
+        ph = self.placeholders
+        while p > 0 and ids[p - 1] in ph and ids[p] in ph and ids[:p].count(ids[p - 1]) % ph[ids[p - 1]][1]:
+            p -= 1
+        return p
+
+    def fresh_items(self, row: _Row, kept_ids: list[int]) -> list:
+        """The media items of the row's conversation that kept_ids do not already hold, in order."""
+        proc = self.processor
+        conv_items = [x for t in row.conv.turns for x in t.parts if not isinstance(x, Text)]
+        kept = {m: kept_ids.count(self.tok.media_ids[m]) // proc.media_tokens(m) for m in proc.media}
+        fresh, seen = [], {m: 0 for m in proc.media}
+        for x in conv_items:
+            if seen[x.type] >= kept[x.type]:
+                fresh.append(x)
+            seen[x.type] += 1
+        return fresh
+
+    def decode(self, logits: torch.Tensor, active: list[tuple[int, int]]) -> dict[int, list[int]]:
+        """Greedy replies of the active rows (b, prompt length) from their next-token logits (A, V): one token
+        per row per step, until every row has its <|end|> or its token limit."""
+        tok, B = self.tok, self.B
+        limit = {b: min(self.max_new_tokens, self.max_len - n) for b, n in active}
         reply: dict[int, list[int]] = {b: [] for b, _ in active}
         going = [b for b, _ in active]
         step = 0
         while going:
-            logits[:, banned] = float("-inf")
+            logits[:, self.banned] = float("-inf")
             if step == 0:
                 logits[:, tok.end_id] = float("-inf")  # a reply is never empty
             choice = logits.argmax(-1).tolist()
@@ -235,11 +231,59 @@ def _run(model: MultimodalLM, processor: Processor, rows: list[_Row], max_new_to
             chunk = [[] for _ in range(B)]
             for b, nxt in still:
                 chunk[b] = [nxt]
-            hidden = feed(chunk, [[] for _ in range(B)], [len(rows[b].fed) for b in range(B)])
+            hidden = self.feed(chunk, [[] for _ in range(B)], [len(self.rows[b].fed) for b in range(B)])
             going = [b for b, _ in still]
-            logits = model.decoder.logits(hidden[going, 0]).float()
+            logits = self.model.decoder.logits(hidden[going, 0]).float()
             step += 1
-        for b, _ in active:
-            text = tok.decode(reply[b])
-            rows[b].replies.append(text)
-            rows[b].conv.turns.append(Turn("assistant", [Text(text)]))
+        return reply
+
+    def encode(self, part) -> torch.Tensor:
+        if id(part) not in self.encoded:
+            x = self.processor.media[part.type].transform(part, part.type)[None]  # (1, ...)
+            self.encoded[id(part)] = self.model.encode_media(**{by_name(part.type).key: x.to(self.device)})[part.type]
+        return self.encoded[id(part)]
+
+    def feed(self, new: list[list[int]], media_items: list[list], positions: list[int],
+             reading: list[tuple[list[list[int]], list[int]] | None] | None = None) -> torch.Tensor:
+        """Append one chunk: row b's ids new[b] (left-aligned, pads after), its media items, positions from
+        positions[b], and with a user-turn reader reading[b] = (its turns' reader ids, new[b]'s turn index).
+        Returns hidden (B, W, D)."""
+        B, W, S = self.B, max(len(n) for n in new), self.mask.shape[1]
+        ids = torch.full((B, W), self.tok.pad_id, dtype=torch.long)
+        pos = torch.zeros(B, W, dtype=torch.long)
+        live = torch.zeros(B, W, dtype=torch.long)
+        for b, n in enumerate(new):
+            ids[b, :len(n)] = torch.tensor(n, dtype=torch.long)
+            pos[b] = positions[b] + torch.arange(W).clamp(max=max(len(n) - 1, 0))
+            live[b, :len(n)] = 1
+            self.rows[b].fed += n
+            self.rows[b].cols += range(S, S + len(n))
+        media: dict[str, list] = {}
+        for items in media_items:  # row-major, as the fusion fills the placeholder slots
+            for p in items:
+                media.setdefault(p.type, []).append(self.encode(p))
+        self.mask = torch.cat([self.mask, live.to(self.device)], 1)
+        reader = None
+        if reading is not None:
+            reader = {k: v.to(self.device) for k, v in reader_batch(reading, W).items()}
+        return self.model.hidden(ids.to(self.device), {m: torch.cat(v) for m, v in media.items()},
+                                 attention_mask=self.mask, cache=self.cache, position_ids=pos.to(self.device),
+                                 reader=reader)
+
+    def compact(self) -> None:
+        """Each row's live columns gathered to the right end, the dead ones dropped."""
+        if not self.cache.keys:
+            return
+        n = max(len(r.cols) for r in self.rows)
+        if n == self.mask.shape[1]:
+            return  # nothing dead
+        idx = torch.zeros(self.B, n, dtype=torch.long)
+        new_mask = torch.zeros(self.B, n, dtype=torch.long)
+        for b, r in enumerate(self.rows):
+            k = len(r.cols)
+            if k:
+                idx[b, n - k:] = torch.tensor(r.cols)
+                new_mask[b, n - k:] = 1
+            r.cols = list(range(n - k, n))
+        self.cache.gather(idx.to(self.device))
+        self.mask = new_mask.to(self.device)
