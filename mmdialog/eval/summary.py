@@ -209,9 +209,14 @@ def _num(v, signed: bool = False) -> str:
 
 def file_markdown(metrics: dict, *, title: str, figures: list[str] = ()) -> str:
     """summary.md of `mmdialog eval --data FILE` (metrics with "kind": "file")."""
-    gold, own = metrics["gold_history"], metrics.get("own_history")
-    same = metrics.get("gold_history_same_dialogues") or gold
-    gap = metrics.get("gap") or {}
+    out = _file_intro(metrics, title) + _file_gap_section(metrics) + _file_breakdown_sections(metrics)
+    out += _file_ablations_section(metrics) + _file_ranking_section(metrics) + _file_closing(metrics, figures)
+    return "\n".join(out) + "\n"
+
+
+def _file_intro(metrics: dict, title: str) -> list[str]:
+    """The title, what was read and scored, and the invalid records (at most 50 listed)."""
+    gold = metrics["gold_history"]
     out = [f"# {title}", "",
            f"`{metrics.get('file')}` ({metrics.get('format')}): {metrics.get('records')} records read, "
            f"{metrics.get('scored_records')} scored, {len(metrics.get('invalid') or [])} invalid; "
@@ -223,68 +228,97 @@ def file_markdown(metrics: dict, *, title: str, figures: list[str] = ()) -> str:
         out += _table(["record", "reason"], [[str(i.get("id")), i["reason"].replace("|", "/")] for i in invalid[:50]])
         if len(invalid) > 50:
             out += [f"... and {len(invalid) - 50} more (metrics.json `invalid`).", ""]
+    return out
 
-    out += ["## Gold history vs own history", "",
-            "Gold history: each reply generated after the file's own earlier turns. Own history: a real chat, the "
-            f"model's earlier replies stay in the context (on {gap.get('dialogues', 0)} dialogues; the gold column "
-            "is theirs). The gap is gold minus own.", ""]
-    rows = [["accuracy", _num(same["overall"]), _num((own or {}).get("overall")), _num(gap.get("overall"), True)],
-            ["token F1", _num(same.get("f1")), _num((own or {}).get("f1")), _num(gap.get("f1"), True)],
+
+def _file_gap_section(metrics: dict) -> list[str]:
+    """Gold history vs own history on the same dialogues, and the gap between them."""
+    same = metrics.get("gold_history_same_dialogues") or metrics["gold_history"]
+    own = metrics.get("own_history") or {}
+    gap = metrics.get("gap") or {}
+    out = ["## Gold history vs own history", "",
+           "Gold history: each reply generated after the file's own earlier turns. Own history: a real chat, the "
+           f"model's earlier replies stay in the context (on {gap.get('dialogues', 0)} dialogues; the gold column "
+           "is theirs). The gap is gold minus own.", ""]
+    rows = [["accuracy", _num(same["overall"]), _num(own.get("overall")), _num(gap.get("overall"), True)],
+            ["token F1", _num(same.get("f1")), _num(own.get("f1")), _num(gap.get("f1"), True)],
             ["dialogues fully right", _num(same["dialogues_fully_right"]),
-             _num((own or {}).get("dialogues_fully_right")), _num(gap.get("dialogues_fully_right"), True)],
+             _num(own.get("dialogues_fully_right")), _num(gap.get("dialogues_fully_right"), True)],
             ["first failed round (normalised)", _num(same["first_failed_round"]),
-             _num((own or {}).get("first_failed_round")), _num(gap.get("first_failed_round"), True)]]
+             _num(own.get("first_failed_round")), _num(gap.get("first_failed_round"), True)]]
     out += _table(["", "gold history", "own history", "gap"], rows)
-    out += ["First failed round: the first wrong turn / the dialogue's turns, 1.0 when none fails.", ""]
+    return out + ["First failed round: the first wrong turn / the dialogue's turns, 1.0 when none fails.", ""]
 
-    def split(name: str, key: str, cells_of) -> list[str]:
-        keys = list(gold[key]) if key == "by_round" else list(gold["by"][name])
-        head = ["round" if key == "by_round" else name] + keys
-        lines = [["gold history"] + [_acc(cells_of(gold).get(k)) for k in keys]]
-        if own:
-            lines.append(["own history"] + [_acc(cells_of(own).get(k)) for k in keys])
-        abl = metrics.get("ablations") or {}
-        if "no_history" in abl:
-            lines.append(["no_history"] + [_acc(cells_of(abl["no_history"]).get(k)) for k in keys])
-        lines.append(["n"] + [str((cells_of(gold).get(k) or {}).get("count", 0)) for k in keys])
-        return _table(head, lines)
 
-    out += ["## By round", ""] + split("round", "by_round", lambda s: s["by_round"])
-    for label in gold["by"]:
+def _file_breakdown_sections(metrics: dict) -> list[str]:
+    """Accuracy by round, then by each label of the records: gold history, own history, no_history, counts."""
+    out = ["## By round", ""] + _file_split(metrics, "round", "by_round", lambda s: s["by_round"])
+    for label in metrics["gold_history"]["by"]:
         numeric = label in (metrics.get("eval", {}).get("numeric_labels") or [])
         out += [f"## By {label}", "", "Numeric label: buckets 0 / 1 / 2 / 3-5 / 6+; `none`: turns without it." if numeric
                 else "`none`: turns without the label.", ""]
-        out += split(label, "by", lambda s, label=label: s["by"][label])
+        out += _file_split(metrics, label, "by", lambda s, label=label: s["by"][label])
+    return out
 
+
+def _file_split(metrics: dict, name: str, key: str, cells_of) -> list[str]:
+    """One breakdown table: a column per bucket of `name` (key "by_round" or "by"), cells_of(section) the
+    buckets of one section of the metrics."""
+    gold, own = metrics["gold_history"], metrics.get("own_history")
+    keys = list(gold[key]) if key == "by_round" else list(gold["by"][name])
+    head = ["round" if key == "by_round" else name] + keys
+    lines = [["gold history"] + [_acc(cells_of(gold).get(k)) for k in keys]]
+    if own:
+        lines.append(["own history"] + [_acc(cells_of(own).get(k)) for k in keys])
     abl = metrics.get("ablations") or {}
-    if abl:
-        ref = metrics.get("ablation_reference") or {}
-        out += ["## History ablations", "",
-                "Teacher forced, greedy exact match (the gold row is scored the same way, on the same dialogues). "
-                "`no_history`: the question alone; `last_n`: the last n turns; `shuffled_history`: the earlier turns in "
-                "another order; `no_media`: the gold history without any media. Under every history ablation the "
-                "media of the dropped turns stay, at the start of the context.", ""]
-        names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
-        out += _table(["context", "accuracy", "dialogues fully right"],
-                      [["gold_history (exact)", _num(ref.get("overall")), _num(ref.get("dialogues_fully_right"))]]
-                      + [[n, _num(abl[n]["overall"]), _num(abl[n]["dialogues_fully_right"])] for n in names])
-        gain = metrics.get("history_gain")
-        if gain:
-            out += ["History gain (gold - no_history) per group:", ""]
-            rows = [["overall", "", _num(gain["overall"], True)]]
-            rows += [["round", k, _num(v, True)] for k, v in gain["by_round"].items()]
-            rows += [[label, k, _num(v, True)] for label, g in gain["by"].items() for k, v in g.items()]
-            out += _table(["group", "bucket", "history gain"], rows)
+    if "no_history" in abl:
+        lines.append(["no_history"] + [_acc(cells_of(abl["no_history"]).get(k)) for k in keys])
+    lines.append(["n"] + [str((cells_of(gold).get(k) or {}).get("count", 0)) for k in keys])
+    return _table(head, lines)
 
+
+def _file_ablations_section(metrics: dict) -> list[str]:
+    """The history ablations beside the teacher-forced gold row, and the history gain per group."""
+    abl = metrics.get("ablations") or {}
+    if not abl:
+        return []
+    ref = metrics.get("ablation_reference") or {}
+    out = ["## History ablations", "",
+           "Teacher forced, greedy exact match (the gold row is scored the same way, on the same dialogues). "
+           "`no_history`: the question alone; `last_n`: the last n turns; `shuffled_history`: the earlier turns in "
+           "another order; `no_media`: the gold history without any media. Under every history ablation the "
+           "media of the dropped turns stay, at the start of the context.", ""]
+    names = [n for n in ABLATION_ORDER if n in abl] + [n for n in abl if n not in ABLATION_ORDER]
+    out += _table(["context", "accuracy", "dialogues fully right"],
+                  [["gold_history (exact)", _num(ref.get("overall")), _num(ref.get("dialogues_fully_right"))]]
+                  + [[n, _num(abl[n]["overall"]), _num(abl[n]["dialogues_fully_right"])] for n in names])
+    gain = metrics.get("history_gain")
+    if gain:
+        out += ["History gain (gold - no_history) per group:", ""]
+        rows = [["overall", "", _num(gain["overall"], True)]]
+        rows += [["round", k, _num(v, True)] for k, v in gain["by_round"].items()]
+        rows += [[label, k, _num(v, True)] for label, g in gain["by"].items() for k, v in g.items()]
+        out += _table(["group", "bucket", "history gain"], rows)
+    return out
+
+
+def _file_ranking_section(metrics: dict) -> list[str]:
+    """MRR, recall at 1/5/10, mean rank and NDCG of the candidate answers, where the file has candidates."""
     r = metrics.get("ranking")
-    if r:
-        out += ["## Ranking candidate answers by likelihood", "",
-                f"{r['questions']} turns with candidates ({r['candidates']:.1f} each on average) in {r['dialogues']} "
-                "dialogues; relevant for NDCG: the candidates equal to the gold reply after normalisation (or the "
-                "record's `relevance`).", ""]
-        out += _table(["MRR", "R@1", "R@5", "R@10", "mean rank", "NDCG"],
-                      [[_num(r["mrr"]), _num(r["r@1"]), _num(r["r@5"]), _num(r["r@10"]),
-                        "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}", _num(r["ndcg"])]])
+    if not r:
+        return []
+    out = ["## Ranking candidate answers by likelihood", "",
+           f"{r['questions']} turns with candidates ({r['candidates']:.1f} each on average) in {r['dialogues']} "
+           "dialogues; relevant for NDCG: the candidates equal to the gold reply after normalisation (or the "
+           "record's `relevance`).", ""]
+    return out + _table(["MRR", "R@1", "R@5", "R@10", "mean rank", "NDCG"],
+                        [[_num(r["mrr"]), _num(r["r@1"]), _num(r["r@5"]), _num(r["r@10"]),
+                          "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}", _num(r["ndcg"])]])
+
+
+def _file_closing(metrics: dict, figures: list[str]) -> list[str]:
+    """The dialogues left out of the own history, the time each part took, the figures."""
+    out = []
     if metrics.get("own_history_failed"):
         out += [f"{len(metrics['own_history_failed'])} dialogue(s) left out of the own history (see metrics.json "
                 "`own_history_failed`).", ""]
@@ -293,4 +327,4 @@ def file_markdown(metrics: dict, *, title: str, figures: list[str] = ()) -> str:
         out += ["## Time", "", ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + ".", ""]
     if figures:
         out += ["## Figures", ""] + [f"![{f}]({f})\n" for f in figures]
-    return "\n".join(out) + "\n"
+    return out
