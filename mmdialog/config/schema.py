@@ -57,6 +57,7 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    qk_norm: bool = False  # causal: RMSNorm of each head's queries and keys (OLMo 2 / Gemma 3 style)
     init: str = "fan_in"  # causal: fan_in (N(0, 1/sqrt(fan in)) per layer) | gpt2 (N(0, 0.02)); see CausalDecoder
     path: str = ""  # hf: a local directory holding config.json and *.safetensors of an AutoModelForCausalLM
     hf_config: dict[str, Any] = field(default_factory=dict)  # hf: {model_type: llama, ...} to build one untrained

@@ -22,7 +22,7 @@ class CausalDecoder(nn.Module):
 
     def __init__(self, *, vocab_size: int, dim: int, depth: int, heads: int, kv_heads: int, mlp_hidden: int,
                  max_seq_len: int, rope_theta: float, norm_eps: float, dropout: float, tie_embeddings: bool,
-                 init: str = "fan_in"):
+                 init: str = "fan_in", qk_norm: bool = False):
         super().__init__()
         mlp_hidden = mlp_hidden or 32 * math.ceil(8 * dim / 3 / 32)
         self.max_seq_len = max_seq_len
@@ -31,7 +31,8 @@ class CausalDecoder(nn.Module):
         rope = RotaryEmbedding(head_dim=dim // heads, theta=rope_theta)  # stateless: one instance serves every layer
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                attn=Attention(dim=dim, heads=heads, kv_heads=kv_heads or heads, causal=True, rope=rope, dropout=dropout),
+                attn=Attention(dim=dim, heads=heads, kv_heads=kv_heads or heads, causal=True, rope=rope, dropout=dropout,
+                           qk_norm=qk_norm),
                 mlp=SwiGLU(dim=dim, hidden_dim=mlp_hidden),
                 attn_norm=RMSNorm(dim, eps=norm_eps),
                 mlp_norm=RMSNorm(dim, eps=norm_eps),

@@ -1,4 +1,4 @@
-"""Multi-head self-attention: fused qkv, optional grouped-query kv heads, optional RoPE and KV cache."""
+"""Multi-head self-attention: fused qkv, optional grouped-query kv heads, optional QK-norm, RoPE and KV cache."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mmdialog.errors import MMDialogError
 from mmdialog.modules.kv_cache import KVCache
+from mmdialog.modules.norms import RMSNorm
 from mmdialog.modules.rope import RotaryEmbedding
 
 
@@ -25,7 +26,8 @@ class Attention(nn.Module):
     record: list | None = None
 
     def __init__(self, *, dim: int, heads: int, kv_heads: int | None = None, causal: bool,
-                 rope: RotaryEmbedding | None = None, bias: bool = False, dropout: float = 0.0):
+                 rope: RotaryEmbedding | None = None, bias: bool = False, dropout: float = 0.0,
+                 qk_norm: bool = False):
         super().__init__()
         kv_heads = kv_heads or heads
         if dim % heads:
@@ -38,6 +40,10 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
+        # QK-norm: RMSNorm of each head's queries and keys (learned scale per channel) before RoPE, as in
+        # OLMo 2 and Gemma 3: attention logits stay bounded whatever the weights grow to.
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else None
 
     def forward(self, x: torch.Tensor, *, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -48,6 +54,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.kv_heads, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.kv_heads, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self.rope(q, positions), self.rope(k, positions)
         if cache is not None:

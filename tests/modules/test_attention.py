@@ -89,3 +89,25 @@ def test_causal_mask_never_leaves_a_query_without_keys():
     assert mask.any(dim=-1).all()
     assert mask[1, 0].equal(torch.eye(4, dtype=torch.bool))  # pads see only themselves
     assert mask[0, 0, 3].tolist() == [False, False, True, True]  # real tokens never see pads
+
+
+def test_qk_norm_bounds_the_logits_whatever_the_query_and_key_weights_grow_to():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 32)
+    for qk_norm in (True, False):
+        attn = Attention(dim=32, heads=4, causal=True, rope=RotaryEmbedding(head_dim=8), qk_norm=qk_norm)
+        before = attn(x, positions=torch.arange(6))
+        with torch.no_grad():
+            attn.qkv.weight[:64] *= 10.0  # the query and key rows of the fused projection
+        after = attn(x, positions=torch.arange(6))
+        assert torch.allclose(before, after, atol=1e-4) == qk_norm
+
+
+def test_qk_norm_with_a_cache_equals_the_whole_sequence():
+    torch.manual_seed(0)
+    attn = Attention(dim=32, heads=4, kv_heads=2, causal=True, rope=RotaryEmbedding(head_dim=8), qk_norm=True)
+    x = torch.randn(1, 5, 32)
+    cache = KVCache()
+    first = attn(x[:, :3], positions=torch.arange(3), cache=cache)
+    last = attn(x[:, 3:], positions=torch.arange(3, 5), cache=cache, mask=causal_mask(past=3, q_len=2))
+    torch.testing.assert_close(torch.cat([first, last], 1), attn(x, positions=torch.arange(5)), atol=1e-5, rtol=1e-5)
