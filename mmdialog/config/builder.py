@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from mmdialog.config.loader import _convert
+from mmdialog.config.loader import convert_value
 from mmdialog.errors import MMDialogError
 
 
@@ -30,7 +30,7 @@ def build_part(registry, spec: dict[str, Any], where: str, **given):
     if unknown:
         raise MMDialogError(f"unknown config key {where}.{unknown[0]}; {registry.kind} {name!r} takes: "
                             f"{', '.join(sorted(takes - set(given))) or 'nothing'}")
-    kwargs = {k: _convert(v, hints.get(k, Any), f"{where}.{k}") for k, v in spec.items()}
+    kwargs = {k: convert_value(v, hints.get(k, Any), f"{where}.{k}") for k, v in spec.items()}
     kwargs.update({k: v for k, v in given.items() if k in takes and k not in kwargs})
     missing = [k for k, p in params.items() if p.default is p.empty and k not in kwargs
                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]

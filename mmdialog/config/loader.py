@@ -18,7 +18,7 @@ from mmdialog.config.schema import Config
 from mmdialog.errors import MMDialogError
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
+def convert_value(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/override value to the annotated type, or raise naming the key."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -29,17 +29,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise MMDialogError(f"config key {key!r} must be a mapping, got {value!r}")
         val_tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
-        return {str(k): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): convert_value(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):
         item_tp = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
             value = [value]
-        return tuple(_convert(v, item_tp, key) for v in value)
+        return tuple(convert_value(v, item_tp, key) for v in value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise MMDialogError(f"config key {key!r} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+        return tuple(convert_value(v, a, key) for v, a in zip(value, args))
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is bool:
@@ -68,7 +68,7 @@ def _from_dict(cls, data: dict, prefix: str = ""):
         key = f"{prefix}.{k}" if prefix else k
         if k not in names:
             raise MMDialogError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(names))}")
-        kwargs[k] = _convert(v, hints[k], key)
+        kwargs[k] = convert_value(v, hints[k], key)
     return cls(**kwargs)
 
 

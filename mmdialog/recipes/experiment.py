@@ -45,6 +45,7 @@ from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import WithPolicy, record_image
 from mmdialog.eval.lab import aggregate, own_history_rows, run_lab, teacher_forced_rows
 from mmdialog.eval.multiturn import summarise
+from mmdialog.eval.summary import get
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
 from mmdialog.modelio import world_meta
 from mmdialog.recipes.world import ensure_world
@@ -186,18 +187,10 @@ HEADLINES = {
 }
 
 
-def _get(m, path):
-    for k in path:
-        if not isinstance(m, dict) or k not in m:
-            return None
-        m = m[k]
-    return m
-
-
 def effect(runs_a: list[dict], runs_b: list[dict], path) -> dict:
     """mean(b) - mean(a) over seeds, its standard error and z; |z| >= 2 is called an effect."""
-    a = [v for v in (_get(m, path) for m in runs_a) if v is not None]
-    b = [v for v in (_get(m, path) for m in runs_b) if v is not None]
+    a = [v for v in (get(m, *path) for m in runs_a) if v is not None]
+    b = [v for v in (get(m, *path) for m in runs_b) if v is not None]
     if not a or not b:
         return {"diff": None, "se": None, "z": None, "verdict": "n/a"}
 
@@ -275,13 +268,13 @@ def summarise_experiment(results: dict[str, list[dict]], variants, policies) -> 
     table = {}
     for v in variants:
         agg = aggregate(results[v])
-        row = {name: {"mean": _get(agg["mean"], p), "std": _get(agg["std"], p)} for name, p in HEADLINES.items()}
+        row = {name: {"mean": get(agg["mean"], *p), "std": get(agg["std"], *p)} for name, p in HEADLINES.items()}
         row["effects"] = {name: effect(base, results[v], HEADLINES[name])
                           for name in ("gold d>=1", "gap (gold-own)", "own d>=1")} if v != variants[0] else {}
         row["policies"] = {}
         for p in policies:
             pa = aggregate([m["policies"][p] for m in results[v]])
-            row["policies"][p] = {k: {"mean": _get(pa["mean"], path), "std": _get(pa["std"], path)} for k, path in {
+            row["policies"][p] = {k: {"mean": get(pa["mean"], *path), "std": get(pa["std"], *path)} for k, path in {
                 "own overall": ("own_history", "accuracy", "overall"),
                 "own d>=1": ("own_history", "accuracy", "needs_history"),
                 "gold overall": ("gold_history", "accuracy", "overall"),
@@ -297,7 +290,7 @@ def summarise_experiment(results: dict[str, list[dict]], variants, policies) -> 
     return {"variants": table, "baseline": variants[0]}
 
 
-def _ms(cell) -> str:
+def mean_std(cell) -> str:
     if cell is None or cell.get("mean") is None:
         return "-"
     s = cell.get("std")
@@ -315,7 +308,8 @@ def experiment_markdown(summary: dict) -> str:
     cols = list(HEADLINES)
     lines += ["| variant | " + " | ".join(cols) + " | steps |", "|---|" + "---|" * (len(cols) + 1)]
     for v, row in summary["variants"].items():
-        lines.append(f"| {v} | " + " | ".join(_ms(row[c]) for c in cols) + f" | {', '.join(map(str, row['steps']))} |")
+        lines.append(f"| {v} | " + " | ".join(mean_std(row[c]) for c in cols)
+                     + f" | {', '.join(map(str, row['steps']))} |")
     lines += ["", f"Effects against {summary['baseline']} (difference of means; z = difference / standard error "
                   "over seeds; |z| >= 2: effect, else noise):", "",
               "| variant | gold d>=1 | own d>=1 | gap (gold-own) |", "|---|---|---|---|"]
@@ -336,8 +330,9 @@ def experiment_markdown(summary: dict) -> str:
         for p, cell in row["policies"].items():
             e = cell.get("effect own d>=1 vs full")
             eff = "-" if not e or e["diff"] is None else f"{e['diff']:+.3f} (z {e['z']:+.1f}, {e['verdict']})"
-            lines.append(f"| {v} | {p} | {_ms(cell['own overall'])} | {_ms(cell['own d>=1'])} | "
-                         f"{_ms(cell['gold overall'])} | {_ms(cell['gold d>=1'])} | {_ms(cell['gap'])} | {eff} |")
+            lines.append(f"| {v} | {p} | {mean_std(cell['own overall'])} | {mean_std(cell['own d>=1'])} | "
+                         f"{mean_std(cell['gold overall'])} | {mean_std(cell['gold d>=1'])} | "
+                         f"{mean_std(cell['gap'])} | {eff} |")
     lines += ["", "![experiment](experiment.png)", "", "Every run: `report.html`, `<variant>/seed<S>/metrics.json`.", ""]
     return "\n".join(lines)
 

@@ -36,8 +36,9 @@ from mmdialog.config import Config, FusionConfig
 from mmdialog.data.worlds.shapes import load_split
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.lab import aggregate, run_lab
+from mmdialog.eval.summary import get
 from mmdialog.modelio import world_meta
-from mmdialog.recipes.experiment import _get, _ms, effect
+from mmdialog.recipes.experiment import effect, mean_std
 from mmdialog.recipes.world import ensure_world
 
 FUSIONS = ("concat", "cross_attention", "interactive", "hierarchical", "dynamic", "resampler")
@@ -164,7 +165,7 @@ def summarise_fusions(results: dict[str, list[dict]], fusions) -> dict:
     table = {}
     for f in fusions:
         agg = aggregate(results[f])
-        row = {c: {"mean": _get(agg["mean"], p), "std": _get(agg["std"], p)} for c, p in COLUMNS.items()}
+        row = {c: {"mean": get(agg["mean"], *p), "std": get(agg["std"], *p)} for c, p in COLUMNS.items()}
         row["effects"] = {} if f == fusions[0] else \
             {c: effect(base, results[f], COLUMNS[c]) for c in ("accuracy", "d>=1")}
         row["seeds"] = [m["seed"] for m in results[f]]
@@ -179,7 +180,7 @@ def _cell(cell, kind: str) -> str:
         return f"{cell['mean']:,.0f}"
     if kind == "rate":
         return f"{cell['mean']:,.0f}" + (f" ± {cell['std']:,.0f}" if cell.get("std") else "")
-    return _ms(cell)
+    return mean_std(cell)
 
 
 KINDS = {"parameters": "int", "image tokens in seq": "int", "encoder tokens/image": "int", "steps": "int",
