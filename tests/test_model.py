@@ -251,6 +251,11 @@ def test_config_with_several_encoders_builds_each_modality(tokenizer):
     assert sorted(model.encoders) == ["audio", "image", "video"]
     assert model.num_media_tokens("audio") == (4000 // 80) // 4 and model.num_media_tokens("video") == 2 * 2 * 2
     assert proc.media_tokens("audio") == model.num_media_tokens("audio") and proc.image_size == 16
+    # every modality, the image too, sized from its encoder through the one transform table
+    assert proc.image_tokens == proc.media_tokens("image") == model.num_media_tokens("image")
+    assert {m: type(proc.media[m].transform).__name__ for m in proc.media} == {
+        "image": "ImageTransform", "audio": "AudioTransform", "video": "VideoTransform"}
+    assert (proc.media["image"].transform.image_size, proc.media["video"].transform.num_frames) == (16, 4)
     media = model.encode_media(images=torch.rand(1, 3, 16, 16), audios=torch.rand(2, 4000),
                                videos=torch.rand(1, 4, 3, 16, 16))
     assert media["audio"].shape == (2, 12, 24) and media["video"].shape == (1, 8, 24)

@@ -220,30 +220,28 @@ class Processor:
     def __init__(self, tokenizer: ChatTokenizer, *, image_size: int | None = None, image_tokens: int | None = None,
                  max_length: int = 1024, media: dict[str, MediaInput] | None = None,
                  reader=None):
-        """image_size/image_tokens: the image input; media: other modalities ("audio", "video") by name;
+        """media: the modalities it takes by name ("image", "audio", "video"); image_size/image_tokens: a
+        shorthand for media["image"] (when media has no image, and read back from it when it has);
         reader: the model's user-turn reader (encoders/reader.py: tokenize(texts), warm(ids)), when it has one."""
         self.tokenizer = tokenizer
         self.reader = reader
-        self.image_size = image_size
-        self.image_tokens = image_tokens
         self.max_length = max_length
         self.media: dict[str, MediaInput] = dict(media or {})
         if image_size is not None and image_tokens is not None:
             self.media.setdefault("image", MediaInput(image_tokens, ImageTransform(image_size)))
+        if "image" in self.media and image_size is None and image_tokens is None:
+            image_size = getattr(self.media["image"].transform, "image_size", None)
+            image_tokens = self.media["image"].tokens
+        self.image_size = image_size
+        self.image_tokens = image_tokens
 
     @classmethod
     def for_model(cls, tokenizer: ChatTokenizer, model, max_length: int = 1024) -> "Processor":
         """The processor for a MultimodalLM: every modality it has an encoder for, with the encoder's input
         size (image_size; sample_rate and num_samples; num_frames and image_size) and token count."""
-        media, image_size, image_tokens = {}, None, None
-        for modality, enc in model.encoders.items():
-            tokens = model.num_media_tokens(modality)
-            if modality == "image":
-                image_size, image_tokens = enc.image_size, tokens
-            elif modality in TRANSFORMS:
-                media[modality] = MediaInput(tokens, TRANSFORMS[modality].from_encoder(enc))
-        return cls(tokenizer, image_size=image_size, image_tokens=image_tokens, max_length=max_length, media=media,
-                   reader=getattr(model, "reader", None))
+        media = {modality: MediaInput(model.num_media_tokens(modality), TRANSFORMS[modality].from_encoder(enc))
+                 for modality, enc in model.encoders.items() if modality in TRANSFORMS}
+        return cls(tokenizer, max_length=max_length, media=media, reader=getattr(model, "reader", None))
 
     def media_tokens(self, modality: str) -> int:
         """Placeholder tokens one item of this modality takes after expansion."""
