@@ -2,10 +2,11 @@
 subcommand, and one function per subcommand that calls what does the work (a recipe in mmdialog/recipes/ or a
 package's function) with them; errors print one clear line.
 
-Each command but demo, train and pretrain (which take a config, --out and --resume) declares its options once,
-as a dataclass of `option` fields (mmdialog/options.py): its flags are built from it, and its values go to the
-function or config dataclass that does the work under that one's parameter names, so adding an option is one
-field. tests/test_cli.py checks that the fields are the flags and that their defaults are the functions'."""
+Each command declares its options once, as a dataclass of `option` fields (mmdialog/options.py): its flags are
+built from it, and its values go to the function or config dataclass that does the work under that one's
+parameter names, so adding an option is one field. demo, train, pretrain and experiment also take a config
+(--config and KEY=VALUE overrides: `config_option` and `overrides_option`), which `_config` loads.
+tests/test_cli.py checks that the fields are the flags and that their defaults are the functions'."""
 
 from __future__ import annotations
 
@@ -23,11 +24,22 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 PRETRAIN_CONFIG = DEMO_CONFIG.parent / "pretrain.yaml"
 
 
-def _config(args, default: Path = DEMO_CONFIG):
+def config_option(default: Path = DEMO_CONFIG, help: str | None = None):
+    """The --config field of a command that takes a config (none given: `default`, when it exists)."""
+    return option(None, help or f"YAML config (default: configs/{default.name})")
+
+
+def overrides_option(example: str = "train.max_steps=100"):
+    """The KEY=VALUE positionals of a command that takes a config: overrides of its keys."""
+    return option([], f"config overrides such as {example}", positional=True, nargs="*", metavar="KEY=VALUE")
+
+
+def _config(o, default: Path = DEMO_CONFIG):
+    """The config of options with `config` and `overrides` fields: the file (or `default`) with the overrides."""
     from mmdialog.config import load_config
 
-    path = args.config or (default if default.is_file() else None)
-    return load_config(path, args.overrides)
+    path = o.config or (default if default.is_file() else None)
+    return load_config(path, o.overrides)
 
 
 def _unless_negative(n: int) -> int | None:
@@ -78,16 +90,39 @@ def cmd_world(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+@dataclass(kw_only=True)
+class TrainOptions:
+    """`mmdialog train`: the train recipe's main's arguments, and its config."""
+
+    out: str = option("runs/train", "output directory")
+    resume: bool = option(False, "continue from the latest checkpoint in OUT/checkpoints/ (weights, optimizer, "
+                                 "schedule, RNG states, data position); starts afresh when there is none")
+    config: str | None = config_option()
+    overrides: list[str] = overrides_option()
+
+
 def cmd_train(args) -> int:
     from mmdialog.recipes.train import main
 
-    return main(_config(args), args.out, resume=args.resume)
+    o = read(TrainOptions, args)
+    return main(_config(o), **kwargs_for(o, main))
+
+
+@dataclass(kw_only=True)
+class PretrainOptions:
+    """`mmdialog pretrain`: the pretrain recipe's main's arguments, and its config (default: configs/pretrain.yaml)."""
+
+    out: str = option("runs/pretrain", "output directory (default: runs/pretrain)")
+    resume: bool = option(False, "continue from the latest checkpoint in OUT/checkpoints/ (needs train.save_every)")
+    config: str | None = config_option(PRETRAIN_CONFIG)
+    overrides: list[str] = overrides_option("pretrain.objectives.masked=0 or train.max_steps=100")
 
 
 def cmd_pretrain(args) -> int:
     from mmdialog.recipes.pretrain import main
 
-    return main(_config(args, default=PRETRAIN_CONFIG), args.out, resume=args.resume)
+    o = read(PretrainOptions, args)
+    return main(_config(o, default=PRETRAIN_CONFIG), **kwargs_for(o, main))
 
 
 ABLATIONS = ["no_history", "last_1", "last_2", "last_4", "shuffled_history", "no_media"]
@@ -189,8 +224,8 @@ FUSIONS = ["concat", "cross_attention", "interactive", "hierarchical", "dynamic"
 
 @dataclass(kw_only=True)
 class ExperimentOptions:
-    """`mmdialog experiment`: the arguments of the two experiments' main (each takes the ones it knows) besides
-    the config (--config and KEY=VALUE, as demo and train take them)."""
+    """`mmdialog experiment`: the arguments of the two experiments' main (each takes the ones it knows), and the
+    config (--config and KEY=VALUE, as demo and train take them)."""
 
     name: str = option(help="the experiment to run", positional=True, choices=["multiturn", "fusion"])
     out: str = option(required=True)
@@ -209,10 +244,13 @@ class ExperimentOptions:
                                  convert=tuple)
     eval_dialogues: int = option(300, "test dialogues each run is evaluated on")
     own_dialogues: int = option(100, "multiturn: of those, the ones chatted through (own history) under each policy")
+    config: str | None = config_option()
+    overrides: list[str] = overrides_option()
 
 
 def cmd_experiment(args) -> int:
-    o, cfg = read(ExperimentOptions, args), _config(args)
+    o = read(ExperimentOptions, args)
+    cfg = _config(o)
     if o.name == "fusion":
         from mmdialog.recipes.fusion_experiment import main
 
@@ -334,22 +372,26 @@ def cmd_export(args) -> None:
           + ", ".join(s["files"]))
 
 
+@dataclass(kw_only=True)
+class DemoOptions:
+    """`mmdialog demo`: the demo recipe's main's arguments, and its config."""
+
+    out: str = option("runs/demo", "output directory (default: runs/demo)")
+    config: str | None = config_option()
+    overrides: list[str] = overrides_option()
+
+
 def cmd_demo(args) -> int:
     from mmdialog.recipes.demo import main
 
-    return main(_config(args), args.out)
-
-
-def _with_config(sp) -> None:
-    sp.add_argument("--config", help="YAML config (default: configs/demo.yaml)")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as train.max_steps=100")
+    o = read(DemoOptions, args)
+    return main(_config(o), **kwargs_for(o, main))
 
 
 def _demo_parser(sub) -> None:
     sp = sub.add_parser("demo", help="generate the world, train, evaluate, write a transcript and plots",
                         description="The main job: world -> training -> multi-turn evaluation -> transcript + plots.")
-    sp.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    _with_config(sp)
+    add_options(sp, DemoOptions)
     sp.set_defaults(func=cmd_demo)
 
 
@@ -367,11 +409,7 @@ def _train_parser(sub) -> None:
                                     "train.keep_last). SIGTERM saves one and exits with status 143. Data parallel: "
                                     "torchrun --nproc_per_node=N -m mmdialog train ... (gloo on CPU, NCCL on CUDA; "
                                     "train.batch_size is the global batch).")
-    sp.add_argument("--out", default="runs/train", help="output directory")
-    sp.add_argument("--resume", action="store_true",
-                    help="continue from the latest checkpoint in OUT/checkpoints/ (weights, optimizer, schedule, RNG "
-                         "states, data position); starts afresh when there is none")
-    _with_config(sp)
+    add_options(sp, TrainOptions)
     sp.set_defaults(func=cmd_train)
 
 
@@ -395,12 +433,7 @@ def _pretrain_parser(sub) -> None:
                                     "model alone: mmdialog train ... train.init_from=OUT/checkpoint fine-tunes it), "
                                     "OUT/pretrain_heads.*, and OUT/metrics.json + plots.png on held-out pairs "
                                     "(retrieval R@1/5/10 both ways, captioning BLEU-4 and CIDEr-D, QA accuracy).")
-    sp.add_argument("--out", default="runs/pretrain", help="output directory (default: runs/pretrain)")
-    sp.add_argument("--resume", action="store_true",
-                    help="continue from the latest checkpoint in OUT/checkpoints/ (needs train.save_every)")
-    sp.add_argument("--config", help="YAML config (default: configs/pretrain.yaml)")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="config overrides such as pretrain.objectives.masked=0 or train.max_steps=100")
+    add_options(sp, PretrainOptions)
     sp.set_defaults(func=cmd_pretrain)
 
 
@@ -457,7 +490,6 @@ def _experiment_parser(sub) -> None:
                                     "by dependency distance, parameters, training tokens/s and image tokens in the "
                                     "sequence (OUT/fusion.md, fusion.json, fusion.png, report.html).")
     add_options(sp, ExperimentOptions)
-    _with_config(sp)
     sp.set_defaults(func=cmd_experiment)
 
 

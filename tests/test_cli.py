@@ -4,6 +4,7 @@ those functions' own defaults. (tests/integration/test_cli.py runs the commands 
 
 import argparse
 import dataclasses
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -13,8 +14,12 @@ from mmdialog import cli
 from mmdialog.options import add_options, argparse_args, kwargs, kwargs_for, option, read
 
 # command, its options, the arguments it requires, and what does its work (with the options a command passes on
-# itself: its positionals, and eval's --max-dialogues, which run_file_eval calls max_records)
+# itself: its positionals, eval's --max-dialogues, which run_file_eval calls max_records, and the config options,
+# which _config loads into the config the recipes take)
 COMMANDS = {
+    "demo": (cli.DemoOptions, {}),
+    "train": (cli.TrainOptions, {}),
+    "pretrain": (cli.PretrainOptions, {}),
     "world": (cli.WorldOptions, {"out": "x"}),
     "eval": (cli.EvalOptions, {"checkpoint": ["c"], "out": "o"}),
     "chat": (cli.ChatOptions, {"checkpoint": "c"}),
@@ -35,7 +40,14 @@ OWN_FORM = {
 }
 
 
+CONFIG = {"config", "overrides"}
+
+
 def targets(command):
+    if command in ("demo", "train", "pretrain"):
+        import importlib
+
+        return [importlib.import_module(f"mmdialog.recipes.{command}").main], CONFIG
     if command == "world":
         from mmdialog.config import WorldConfig
         from mmdialog.data.worlds.shapes import generate_world
@@ -65,7 +77,7 @@ def targets(command):
     if command == "experiment":
         from mmdialog.recipes import experiment, fusion_experiment
 
-        return [experiment.main, fusion_experiment.main], {"name"}
+        return [experiment.main, fusion_experiment.main], {"name"} | CONFIG
     if command == "data check":
         from mmdialog.recipes.data_check import main
 
@@ -95,7 +107,7 @@ def argv(command: str, required: dict) -> list[str]:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_declared_options_are_the_parsers_flags(command):
     cls, _ = COMMANDS[command]
-    flags = {a.dest: a for a in subparser(command)._actions if a.dest not in {"help", "config", "overrides"}}
+    flags = {a.dest: a for a in subparser(command)._actions if a.dest != "help"}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     assert set(flags) == set(fields), "a flag added by hand, or a field that is no flag"
     for names, kw in argparse_args(cls):
@@ -165,3 +177,29 @@ def test_options_build_flags_and_hand_values_on():
 
     assert kwargs_for(o, work) == {"path": "p", "loud": False, "rate": 1}
     assert kwargs_for(o, work, skip={"path"}) == {"loud": False, "rate": 1}
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "pretrain"])
+def test_config_commands_hand_their_config_and_flags_to_the_recipe(command, monkeypatch, tmp_path):
+    import importlib
+
+    from mmdialog.config import load_config
+
+    recipe = importlib.import_module(f"mmdialog.recipes.{command}")
+    got = {}
+
+    @functools.wraps(recipe.main)  # with main's signature, which the command reads
+    def main(cfg, *args, **kw):
+        assert not args
+        got.update(cfg=cfg, **kw)
+        return 0
+
+    monkeypatch.setattr(recipe, "main", main)
+    resume = [] if command == "demo" else ["--resume"]
+    assert cli.main([command, "--out", str(tmp_path), "train.max_steps=7"] + resume) == 0
+    default = cli.PRETRAIN_CONFIG if command == "pretrain" else cli.DEMO_CONFIG
+    assert got.pop("cfg") == load_config(default, ["train.max_steps=7"])
+    assert got == {"out": str(tmp_path), **({} if command == "demo" else {"resume": True})}
+    assert cli.main([command, "--config", str(default)]) == 0  # the defaults: --out runs/<command>, no resume
+    assert got.pop("cfg") == load_config(default, []) and got == {"out": f"runs/{command}",
+                                                                     **({} if command == "demo" else {"resume": False})}
