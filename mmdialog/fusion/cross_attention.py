@@ -59,6 +59,7 @@ class CrossAttentionFusion(Fusion):
         self.media_norm = nn.LayerNorm(out_dim)
         self.blocks = nn.ModuleList(GatedCrossAttentionBlock(dim=out_dim, heads=heads, gate_init=gate_init)
                                     for _ in range(0, num_layers, every))
+        self._batch = 0  # examples in the last forward pass (explain_values)
 
     def media_slots(self, modality: str, encoder_tokens: int) -> int:
         return 1  # the placeholder stays a marker; the media enter through cross-attention
@@ -68,6 +69,7 @@ class CrossAttentionFusion(Fusion):
         check_media(media, placeholder_ids)
         for modality, placeholder_id in placeholder_ids.items():  # counts are checked here, used in the hook
             locate_items(input_ids, media.get(modality), modality, placeholder_id, 1)
+        self._batch = input_ids.shape[0]
         return token_embeds
 
     def memory(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor], placeholder_ids: dict[str, int],
@@ -114,3 +116,10 @@ class CrossAttentionFusion(Fusion):
     def gates(self) -> list[tuple[float, float]]:
         """tanh of each block's (attention, MLP) gate: how open the media path is."""
         return [(float(torch.tanh(b.attn_gate.detach())), float(torch.tanh(b.mlp_gate.detach()))) for b in self.blocks]
+
+    def explain_values(self) -> dict[str, torch.Tensor] | None:
+        """The gates (B, blocks, 2): gates() for every example of the last forward pass (they do not depend on
+        the input); None before any forward pass."""
+        if not self._batch:
+            return None
+        return {"tanh gates (attention, MLP) per block": torch.tensor(self.gates()).expand(self._batch, -1, -1)}

@@ -9,7 +9,8 @@ The gate's last layer starts at zero: every level weighs 1/L and every modality 
 
 The gate reads only the item itself, not the surrounding text: a weight that depended on text after the
 item would change as the dialogue goes on, and cached decoding would no longer equal re-encoding.
-gate_weights() returns the weights of the last forward pass, per item and per example, for inspection.
+gate_weights() returns the weights of the last forward pass, per item and per example, for inspection;
+explain_values() the per-example ones, for `mmdialog explain`.
 """
 
 from __future__ import annotations
@@ -92,3 +93,11 @@ class DynamicFusion(Fusion):
                     mod[b, j] = w["modality"][sel].mean()
                     lev[b, j] = w["levels"][sel].mean(0)
         return {"items": self._last, "examples": {"modality": mod, "levels": lev}, "modalities": list(self.modalities)}
+
+    def explain_values(self) -> dict[str, torch.Tensor] | None:
+        """Per example of the last forward pass: the mean modality weight (B, n_modalities) and level weights
+        (B, n_modalities, L) of its items (gate_weights' examples); None before any forward pass."""
+        if not self._batch:
+            return None
+        ex = self.gate_weights()["examples"]
+        return {"modality weight": ex["modality"], "level weights": ex["levels"]}

@@ -64,12 +64,14 @@ class InteractiveFusion(Fusion):
         self.layers = nn.ModuleList(CoAttentionLayer(dim=out_dim, heads=heads, gate_init=gate_init) for _ in range(layers))
         self.out_norm = nn.LayerNorm(out_dim)
         self.out_proj = nn.Linear(out_dim, out_dim)
+        self._batch = 0  # examples in the last forward pass (explain_values)
 
     def forward(self, token_embeds: torch.Tensor, input_ids: torch.Tensor, media: dict[str, torch.Tensor],
                 placeholder_ids: dict[str, int], *, cache=None, past: int = 0) -> torch.Tensor:
         """token_embeds: (B, T, D); media[m]: (N_m, T_m, d_m). Returns (B, T, D)."""
         check_media(media, placeholder_ids)
         B, T, _ = token_embeds.shape
+        self._batch = B
         mods, rows, starts, states = [], [], [], []
         for modality, placeholder_id in placeholder_ids.items():
             feats = media.get(modality)
@@ -111,3 +113,11 @@ class InteractiveFusion(Fusion):
         for modality, s in zip(mods, states):
             x = fill_slots(x, input_ids, placeholder_ids[modality], self.out_proj(self.out_norm(s)))
         return x
+
+    def explain_values(self) -> dict[str, torch.Tensor] | None:
+        """tanh of each layer's text gate (B, layers), how much the text takes from the media, for every example
+        of the last forward pass (the gates do not depend on the input); None before any forward pass."""
+        if not self._batch:
+            return None
+        gates = torch.stack([torch.tanh(layer.text_gate.detach()) for layer in self.layers])  # (layers,)
+        return {"tanh text gate per layer": gates.expand(self._batch, -1)}

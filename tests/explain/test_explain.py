@@ -114,3 +114,24 @@ def test_fusion_gates_are_plotted_when_the_fusion_exposes_them(tiny, world32, tm
         model.fusion = inner
     assert "fusion_gates.png" in result["files"] and len(result["fusion"]["gate"]) == 3
     assert "exposes no gates" not in (tmp_path / "explain.md").read_text()
+
+
+def test_a_gated_built_in_fusion_gives_explain_its_gates(tokenizer, world32, tmp_path):
+    """dynamic fusion's per-example weights reach explain through Fusion.explain_values: plotted and in explain.json."""
+    from mmdialog.config import load_config
+    from mmdialog.data.processor import Processor
+    from mmdialog.model import build_model
+    from tests.conftest import TINY
+
+    world, records = world32
+    cfg = load_config(None, TINY + ["model.fusion.name=dynamic", "model.fusion.levels=[0, -1]"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, placeholder_ids=dict(tokenizer.media_ids)).eval()
+    result = explain_dialogue(model, Processor.for_model(tokenizer, model, max_length=512), records[0], world,
+                              tmp_path, max_new_tokens=3)
+    assert "fusion_gates.png" in result["files"] and (tmp_path / "fusion_gates.png").is_file()
+    assert "exposes no gates" not in (tmp_path / "explain.md").read_text()
+    # the first example's weights of the pass explain ran: one image, two levels, the gate at its start value
+    assert np.allclose(result["fusion"]["modality weight"], [1.0])
+    assert np.allclose(result["fusion"]["level weights"], [[0.5, 0.5]])
+    assert json.loads((tmp_path / "explain.json").read_text())["fusion"] == result["fusion"]

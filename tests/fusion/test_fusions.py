@@ -21,6 +21,7 @@ FUSIONS_CFG = {
     "dynamic": FusionConfig(name="dynamic", levels=(0, 1, -1)),
     "resampler": FusionConfig(name="resampler", heads=2, layers=1, num_queries=2),
 }
+GATED = ("cross_attention", "interactive", "dynamic")  # the fusions with gates or mixing weights
 SLOTS = {"concat": 4, "cross_attention": 1, "interactive": 4, "hierarchical": 4, "dynamic": 4, "resampler": 2}
 
 
@@ -62,7 +63,13 @@ def test_every_fusion_subclasses_the_protocol_and_declares_what_it_does(name):
     assert fusion.media_slots("image", 4) == SLOTS[name]
     if not hooks:
         assert fusion.decoder_hook(prompt(model), {}, model.placeholder_ids) is None
-    assert fusion.explain_values() is None  # no built-in fusion feeds `mmdialog explain` yet
+    assert fusion.explain_values() is None  # nothing to show before a forward pass
+    model(prompt(model), images=torch.rand(2, 3, 16, 16))
+    values = fusion.explain_values()
+    if name in GATED:  # the gated fusions show their gates to `mmdialog explain`, one row per example
+        assert values and all(v.shape[0] == 1 for v in values.values())
+    else:
+        assert values is None
 
 
 def test_a_fusion_outside_the_protocol_is_refused():
@@ -214,3 +221,27 @@ def test_a_field_the_fusion_does_not_use_is_an_error():
     cfg.fusion = FusionConfig(name="hierarchical", levels=(0, 5))
     with pytest.raises(MMDialogError, match="levels asks for level 5 but the vit encoder has levels 0..1"):
         build_model(cfg, vocab_size=V, placeholder_ids={"image": IMG}).encode_media(images=torch.rand(1, 3, 16, 16))
+
+
+def test_gated_fusions_explain_values_are_their_gates_per_example():
+    tanh = float(torch.tanh(torch.tensor(0.3)))
+    for name in GATED:
+        model = make(name)
+        s = [IMG] * model.num_media_tokens("image")
+        rows = torch.tensor([[6, 7] + s + [9, 11, 12] + s + [13, 14], [6, 7] + s + [9] * (len(s) + 5)])  # 2 + 1 images
+        with torch.no_grad():  # the tanh gates away from their start value
+            for p_name, p in model.fusion.named_parameters():
+                if p_name.endswith("_gate"):
+                    p.fill_(0.3)
+        model(rows, images=torch.rand(3, 3, 16, 16))
+        values = model.fusion.explain_values()
+        if name == "dynamic":
+            ex = model.fusion.gate_weights()["examples"]
+            assert values["level weights"].shape == (2, 1, 3)  # two examples, one modality, three levels
+            assert torch.equal(values["modality weight"], ex["modality"]) and torch.equal(values["level weights"],
+                                                                                        ex["levels"])
+            continue
+        (g,) = values.values()
+        # cross_attention: (examples, blocks, attention and MLP gate); interactive: (examples, co-attention layers)
+        assert g.shape == ((2, len(model.fusion.blocks), 2) if name == "cross_attention" else (2, 2))
+        torch.testing.assert_close(g, torch.full_like(g, tanh))
