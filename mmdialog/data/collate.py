@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdialog.data.processor import IGNORE, Example
+from mmdialog.data.processor import IGNORE_INDEX, Example
 from mmdialog.errors import MMDialogError
 from mmdialog.modalities import BATCH_KEYS
 
@@ -14,7 +14,7 @@ LOSS_TURNS = ("all", "last", "weighted", "per_turn")
 def reply_spans(labels: torch.Tensor) -> list[tuple[int, int]]:
     """[start, end) of each run of supervised labels: one per assistant reply (the processor supervises a reply's
     tokens and its <|end|>; the <|assistant|> token before and the next user turn are not supervised)."""
-    sup = (labels != IGNORE).tolist()
+    sup = (labels != IGNORE_INDEX).tolist()
     spans, start = [], None
     for i, s in enumerate(sup + [False]):
         if s and start is None:
@@ -28,7 +28,7 @@ def reply_spans(labels: torch.Tensor) -> list[tuple[int, int]]:
 def last_turn_only(labels: torch.Tensor) -> torch.Tensor:
     """Labels with every reply but the last one unsupervised."""
     spans = reply_spans(labels)
-    out = torch.full_like(labels, IGNORE)
+    out = torch.full_like(labels, IGNORE_INDEX)
     if spans:
         s, e = spans[-1]
         out[s:e] = labels[s:e]
@@ -129,7 +129,7 @@ class Collator:
         T = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
         B = len(rows)
         input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        labels = torch.full((B, T), IGNORE, dtype=torch.long)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.long)
         positions = torch.zeros((B, T), dtype=torch.long)
         segments = torch.zeros((B, T), dtype=torch.long)

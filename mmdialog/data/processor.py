@@ -25,7 +25,7 @@ from mmdialog.data.tokenizer import ChatTokenizer, TooLong
 from mmdialog.errors import MMDialogError
 from mmdialog.modalities import MODALITIES, NAMES, by_name
 
-IGNORE = -100
+IGNORE_INDEX = -100  # label of positions that carry no target (prompts, user turns, media, padding)
 
 
 @dataclass
@@ -300,7 +300,7 @@ class Processor:
         assistant, end = self.tokenizer.role_ids["assistant"], self.tokenizer.end_id
         labels, inside = [], False
         for i in ids:
-            labels.append(i if inside else IGNORE)
+            labels.append(i if inside else IGNORE_INDEX)
             if i == assistant:
                 inside = True
             elif i == end:
@@ -325,7 +325,7 @@ class Processor:
             raise MMDialogError(f"{where}: at least {e.at_least} tokens exceed max_length {self.max_length}") from None
         labels = self.labels_for(ids)
         if add_generation_prompt:  # the trailing <|assistant|> opens a reply that is not there yet
-            labels[-1] = IGNORE
+            labels[-1] = IGNORE_INDEX
         reader_ids, reader_index = self.reader_inputs(conv, ids) if self.reader is not None else (None, None)
         return Example(torch.tensor(ids), torch.tensor(labels),
                        **{m.key: self.media_tensor(conv, m.name, where) for m in MODALITIES},

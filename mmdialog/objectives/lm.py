@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # label of positions that carry no target (prompts, user turns, media, padding)
+from mmdialog.data.processor import IGNORE_INDEX
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

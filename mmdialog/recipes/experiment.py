@@ -38,7 +38,7 @@ from mmdialog.chat.policies import parse_policy
 from mmdialog.config import Config
 from mmdialog.data.conversation import Conversation, Image
 from mmdialog.data.dataset import ConversationDataset
-from mmdialog.data.processor import IGNORE, Example, Processor
+from mmdialog.data.processor import IGNORE_INDEX, Example, Processor
 from mmdialog.data.worlds.shapes import load_split
 from mmdialog.data.worlds.shapes.augment import augment_rounds
 from mmdialog.errors import MMDialogError
@@ -61,7 +61,7 @@ def keep_only_turn(ex: Example, turn: int, assistant_id: int, end_id: int) -> Ex
     """The example cut after assistant turn `turn`, with only that turn's reply (and <|end|>) supervised."""
     ids = ex.input_ids.tolist()
     start, end = assistant_spans(ids, assistant_id, end_id)[turn]
-    labels = torch.full((end + 1,), IGNORE, dtype=torch.long)
+    labels = torch.full((end + 1,), IGNORE_INDEX, dtype=torch.long)
     labels[start:end + 1] = ex.input_ids[start:end + 1]
     return Example(ex.input_ids[: end + 1].clone(), labels, ex.images)
 
@@ -116,7 +116,7 @@ class AugmentedDataset(Dataset):
         for t, rd in enumerate(rounds):
             if not rd["train"]:
                 start, end = spans[t]
-                labels[start:end + 1] = IGNORE
+                labels[start:end + 1] = IGNORE_INDEX
         return Example(ex.input_ids, labels, ex.images)
 
     def report(self) -> str:

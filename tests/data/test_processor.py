@@ -5,7 +5,7 @@ from PIL import Image as PILImage
 
 from mmdialog.data.collate import Collator
 from mmdialog.data.conversation import Conversation, Image
-from mmdialog.data.processor import IGNORE, Processor, sample_frames
+from mmdialog.data.processor import IGNORE_INDEX, Processor, sample_frames
 from mmdialog.errors import MMDialogError
 
 
@@ -23,9 +23,9 @@ def test_labels_cover_exactly_the_assistant_replies(processor, tokenizer):
     conv.add("user", "What about blue ones?").add("assistant", "0")
     ex = processor(conv)
     ids, labels = ex.input_ids.tolist(), ex.labels.tolist()
-    supervised = [i for i, l in zip(ids, labels) if l != IGNORE]
+    supervised = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
     assert tokenizer.decode(supervised, skip_special=False) == "2<|end|>0<|end|>"
-    assert all(l == i for i, l in zip(ids, labels) if l != IGNORE)
+    assert all(l == i for i, l in zip(ids, labels) if l != IGNORE_INDEX)
 
 
 def test_placeholder_expanded_to_encoder_token_count(processor, tokenizer):
@@ -35,7 +35,7 @@ def test_placeholder_expanded_to_encoder_token_count(processor, tokenizer):
     assert ex.input_ids.tolist().count(tokenizer.media_ids["image"]) == 2 * 4
     assert ex.images.shape == (2, 3, 32, 32)
     assert ex.images.min() >= -1 and ex.images.max() <= 1
-    assert ex.labels[-1] == IGNORE  # the open assistant header is not a target
+    assert ex.labels[-1] == IGNORE_INDEX  # the open assistant header is not a target
 
 
 def test_placeholder_count_mismatch_names_both_numbers(processor, tokenizer):
@@ -73,7 +73,7 @@ def test_collator_pads_and_documents_keys(processor, tokenizer):
     T = max(len(a.input_ids), len(b.input_ids))
     assert batch["input_ids"].shape == (2, T)
     assert batch["attention_mask"].sum(1).tolist() == [len(a.input_ids), len(b.input_ids)]
-    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
     assert batch["images"].shape == (1, 3, 32, 32)
     assert torch.equal(batch["input_ids"][1, : len(b.input_ids)], b.input_ids)
 

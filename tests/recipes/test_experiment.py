@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdialog.data.dataset import ConversationDataset
-from mmdialog.data.processor import IGNORE
+from mmdialog.data.processor import IGNORE_INDEX
 from mmdialog.data.worlds.shapes import record_to_conversation
 from mmdialog.data.worlds.shapes.scene import Scene
 from mmdialog.recipes.experiment import (
@@ -56,11 +56,11 @@ def test_last_turn_keeps_one_reply_supervised(tiny, world32):
     cut = keep_only_turn(ex, 3, tok.role_ids["assistant"], tok.end_id)
     start, end = spans[3]
     assert len(cut.input_ids) == end + 1 and cut.input_ids[-1] == tok.end_id
-    assert torch.equal(cut.labels[start:], ex.input_ids[start:end + 1]) and torch.all(cut.labels[:start] == IGNORE)
+    assert torch.equal(cut.labels[start:], ex.input_ids[start:end + 1]) and torch.all(cut.labels[:start] == IGNORE_INDEX)
     ds = LastTurnDataset(base, proc, seed=0)
     lengths = {len(ds[0].input_ids) for _ in range(20)}
     assert len(lengths) > 1  # a new cut on every draw
-    assert all(int((ds[1].labels != IGNORE).sum()) >= 1 for _ in range(5))
+    assert all(int((ds[1].labels != IGNORE_INDEX).sum()) >= 1 for _ in range(5))
 
 
 def test_augmented_dataset_masks_unanswerable_replies(tiny, world32):
@@ -73,8 +73,8 @@ def test_augmented_dataset_masks_unanswerable_replies(tiny, world32):
         for i in range(len(ds)):
             ex = ds[i]
             spans = assistant_spans(ex.input_ids.tolist(), tok.role_ids["assistant"], tok.end_id)
-            trained = [bool((ex.labels[s:e + 1] != IGNORE).all()) for s, e in spans]
-            assert all(trained[i] or bool((ex.labels[s:e + 1] == IGNORE).all()) for i, (s, e) in enumerate(spans))
+            trained = [bool((ex.labels[s:e + 1] != IGNORE_INDEX).all()) for s, e in spans]
+            assert all(trained[i] or bool((ex.labels[s:e + 1] == IGNORE_INDEX).all()) for i, (s, e) in enumerate(spans))
             saw_mask |= not all(trained)
             assert ex.images is not None and ex.images.shape[0] == 1
     assert saw_mask

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmdialog.data.processor import IGNORE
+from mmdialog.data.processor import IGNORE_INDEX
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.data.worlds.shapes import check_record, generate_world, load_split
 from mmdialog.data.worlds.shapes.augment import AugmentedWorldDataset, flip_record, swap_sides
@@ -76,7 +76,7 @@ def test_cut_rounds_leave_dependent_answers_untrained(world):
         starts = (ex.input_ids == ds.assistant_id).nonzero().squeeze(1).tolist()
         assert len(starts) == len(rounds)
         for s, rd in zip(starts, rounds):
-            assert (ex.labels[s + 1] != IGNORE) == rd["train"]
+            assert (ex.labels[s + 1] != IGNORE_INDEX) == rd["train"]
             untrained += not rd["train"]
         assert any(rd["round"] == -1 for rd in rounds)  # a distractor went in
     assert untrained > 0

@@ -28,7 +28,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mmdialog.data.conversation import Conversation, Image
-from mmdialog.data.processor import IGNORE, Example, Processor
+from mmdialog.data.processor import IGNORE_INDEX, Example, Processor
 from mmdialog.data.worlds.shapes.dialogue import COUNT_ATTRIBUTES, plural
 from mmdialog.data.worlds.shapes.io import heldout_info
 from mmdialog.data.worlds.shapes.scene import GRID, VALUES, Scene, quadrant
@@ -175,7 +175,7 @@ class AugmentedWorldDataset(Dataset):
         for start, rd in zip(starts, rounds):
             if not rd["train"]:
                 end = start + int((ex.input_ids[start:] == self.end_id).nonzero()[0])
-                labels[start:end + 1] = IGNORE
+                labels[start:end + 1] = IGNORE_INDEX
         return Example(ex.input_ids, labels, ex.images, weights=ex.weights)
 
     def report(self) -> str:
