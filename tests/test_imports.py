@@ -99,9 +99,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("parts", {"encoders", "fusion", "decoders"}),
     ("objectives", {"objectives"}),  # the losses; model.forward computes the LM loss with objectives.lm
     ("model", {"model"}),
-    ("model I/O, chat", {"modelio", "chat"}),
+    ("model I/O", {"modelio"}),
+    # train validates with what its caller hands it (the recipes: eval/validation.py's Validator.build)
+    ("train, chat", {"train", "chat"}),
     ("eval, serve, explain, pretrain", {"eval", "serve", "explain", "pretrain"}),
-    ("train", {"train"}),  # validates with eval's teacher-forced scorer (train/validation.py); eval never trains
     ("recipes", {"recipes"}),
     ("cli", {"cli", "__main__"}),
 ]
@@ -134,6 +135,17 @@ def test_upward_imports_are_found_with_their_line():
     lines = {"mmdialog.a.x": {"mmdialog.b": 7}, "mmdialog.b": {"mmdialog.a.x": 3}}
     assert upward_imports(lines, layers) == ["mmdialog.a.x:7 imports mmdialog.b (layer low -> high)"]
     assert upward_imports(lines, layers, allowed={("mmdialog.a.x", "mmdialog.b")}) == []
+
+
+def test_train_and_chat_sit_below_eval_and_serve():
+    """The trainer or the chat session importing eval or serve (say, the validator's scorer) is an upward import."""
+    lines = {"mmdialog.train.trainer": {"mmdialog.eval.teacher_forced": 5, "mmdialog.chat.session": 6,
+                                        "mmdialog.modelio": 7},
+             "mmdialog.chat.session": {"mmdialog.serve.pool": 8}}
+    assert upward_imports(lines, LAYERS) == [
+        "mmdialog.chat.session:8 imports mmdialog.serve.pool (layer train, chat -> eval, serve, explain, pretrain)",
+        "mmdialog.train.trainer:5 imports mmdialog.eval.teacher_forced (layer train, chat -> eval, serve, explain, "
+        "pretrain)"]
 
 
 def test_every_part_of_the_package_has_a_layer():

@@ -184,7 +184,7 @@ class TrainConfig:
     pack_length: int = 0  # longest packed row; 0: the decoder's max_seq_len
     group_by_length: int = 0  # >0: batches of similar length, sorted within runs of this many batches (less padding)
     distributed: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimizer state sharded)
-    # validation (train/validation.py): the gold-history scorer on held-out records, logged to train_log.jsonl
+    # validation (eval/validation.py): the gold-history scorer on held-out records, logged to train_log.jsonl
     eval_file: str = ""  # a LLaVA / ShareGPT / OpenAI file; empty: the world's val split when eval_every is set
     eval_format: str = "auto"  # auto | llava | sharegpt | openai
     eval_every: int = 0  # validate every N steps and at the end (0: only at the end, and only with eval_file)

@@ -20,6 +20,7 @@ from mmdialog.eval.lab import run_lab
 from mmdialog.eval.plots import plot_run
 from mmdialog.eval.report import build_report
 from mmdialog.eval.run import heldout_metrics, write_outputs
+from mmdialog.eval.validation import Validator
 from mmdialog.explain import explain_dialogue
 from mmdialog.model import count_parameters
 from mmdialog.modelio import world_meta
@@ -126,7 +127,8 @@ def run_demo(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
                                              max_heldout=cfg.eval.max_dialogues)
         model.train(was_training)
         cfg = budget_training(cfg, t0, estimate, log)
-    result = train(cfg, model, tokenizer, dataset, out, progress=progress, log=log, meta=world_meta(world))
+    result = train(cfg, model, tokenizer, dataset, out, progress=progress, log=log, meta=world_meta(world),
+                   validator=Validator.build)
     log(f"trained {result.steps} steps in {result.wall_seconds:.0f}s ({result.tokens_per_second:.0f} tokens/s)")
     t = time.perf_counter()
     # The gold history and the ablations are teacher forced (one batched pass each); the real chat (own

@@ -47,6 +47,7 @@ from mmdialog.eval.lab import aggregate, own_history_rows, run_lab, teacher_forc
 from mmdialog.eval.multiturn import summarise
 from mmdialog.eval.summary import get
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
+from mmdialog.eval.validation import Validator
 from mmdialog.modelio import world_meta
 from mmdialog.recipes.world import ensure_world
 
@@ -238,7 +239,7 @@ def run_experiment(cfg: Config, out: str | Path, *, budget_minutes: float = 30.0
             tokenizer, model, processor, base = prepare(run_cfg, world, progress)
             data = training_set(variant, base, train_records, world, processor, seed)
             res = train(run_cfg, model, tokenizer, data, run_dir, progress=progress, log=log,
-                        meta={**world_meta(world), "variant": variant})
+                        meta={**world_meta(world), "variant": variant}, validator=Validator.build)
             with torch.no_grad():
                 m = evaluate_run(model, processor, test, Path(world), max_new_tokens=cfg.eval.max_new_tokens,
                                  own_dialogues=own_dialogues, policies=policies, progress=progress)

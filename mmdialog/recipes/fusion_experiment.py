@@ -37,6 +37,7 @@ from mmdialog.data.worlds.shapes import load_split
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.lab import aggregate, run_lab
 from mmdialog.eval.summary import get
+from mmdialog.eval.validation import Validator
 from mmdialog.modelio import world_meta
 from mmdialog.recipes.experiment import effect, mean_std
 from mmdialog.recipes.world import ensure_world
@@ -130,7 +131,7 @@ def run_fusion_experiment(cfg: Config, out: str | Path, *, budget_minutes: float
             run_dir = out / fusion / f"seed{seed}"
             tokenizer, model, processor, data = prepare(run_cfg, world, progress)
             res = train(run_cfg, model, tokenizer, data, run_dir, progress=progress, log=log,
-                        meta={**world_meta(world), "fusion": fusion})
+                        meta={**world_meta(world), "fusion": fusion}, validator=Validator.build)
             t_eval = time.perf_counter()
             with torch.no_grad():
                 lab = run_lab(model, processor, test, world, max_new_tokens=cfg.eval.max_new_tokens,

@@ -20,6 +20,7 @@ from mmdialog.config import Config
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import ChatTokenizer
 from mmdialog.errors import MMDialogError
+from mmdialog.eval.validation import Validator
 from mmdialog.model import count_parameters
 from mmdialog.modelio import world_meta
 from mmdialog.objectives.qa import AnswerVocab
@@ -83,7 +84,8 @@ def run_pretrain(cfg: Config, out: str | Path, *, resume: bool = False, dist: Di
         + f"; text tower: {pc.text_tower}; heads: {count_parameters(model.pretrain_heads):,} parameters")
     meta = {**source, "pretrain": {"objectives": weights, "text_tower": pc.text_tower}}
     result = train(cfg, model, tokenizer, dataset, out, meta=meta, resume=resume, dist=dist, progress=progress,
-                   log=log, objective=objective, collate=PairCollator(tokenizer.pad_id, answer_vocab))
+                   log=log, objective=objective, collate=PairCollator(tokenizer.pad_id, answer_vocab),
+                   validator=Validator.build)
 
     heads = model.pretrain_heads
     del model.pretrain_heads  # the checkpoint is the plain model, for train.init_from, chat, eval, export

@@ -13,6 +13,7 @@ from mmdialog.recipes.world import ensure_world
 def main(cfg: Config, out: str | Path, *, resume: bool = False) -> int:
     """Train cfg's model; 0 when done, 143 when stopped by a signal (continue with --resume)."""
     from mmdialog.data.dataset import report_skipped
+    from mmdialog.eval.validation import Validator
     from mmdialog.modelio import world_meta
     from mmdialog.train.checkpoint import latest_training_checkpoint
     from mmdialog.train.distributed import destroy_distributed, init_distributed
@@ -42,7 +43,7 @@ def main(cfg: Config, out: str | Path, *, resume: bool = False) -> int:
         meta = {"data": _data_files(cfg)} if world is None else world_meta(world)
         log = print if dist.is_main else (lambda *a, **k: None)
         result = train(cfg, model, tokenizer, dataset, out, meta=meta, resume=resume, dist=dist,
-                       progress=dist.is_main, log=log)
+                       progress=dist.is_main, log=log, validator=Validator.build)
     finally:
         destroy_distributed()
     if not dist.is_main:

@@ -360,9 +360,18 @@ def _batch_ids(dataset, indices: list[list[int]]) -> str:
     return ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
 
 
+def wants_validation(tc: TrainConfig, world) -> bool:
+    """Whether the run validates: with train.eval_file, or with train.eval_every on a world's val split."""
+    if tc.eval_every < 0 or tc.eval_max_records < 0:
+        raise MMDialogError(f"train.eval_every and train.eval_max_records must be >= 0, got {tc.eval_every} and "
+                            f"{tc.eval_max_records}")
+    return bool(tc.eval_file or (tc.eval_every and world))
+
+
 def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
           progress: bool = True, log=print, meta: dict | None = None, resume: bool = False,
-          dist: Dist | None = None, objective: torch.nn.Module | None = None, collate=None) -> TrainResult:
+          dist: Dist | None = None, objective: torch.nn.Module | None = None, collate=None,
+          validator=None) -> TrainResult:
     """Train `model` in place on `dataset` (any map-style dataset of Examples) and write OUT/checkpoint (the
     final model: adapters merged, ready for chat/eval/export), OUT/train_log.jsonl and, with train.save_every,
     resumable checkpoints in OUT/checkpoints/. Under torchrun pass the Dist of init_distributed().
@@ -371,9 +380,15 @@ def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, o
     (pretraining: mmdialog/pretrain). The objective maps a batch to (sum of losses, weight) like
     NextTokenObjective, and has batch_weight(batch), a micro-batch's weight known before the forward pass;
     a dict attribute `last_terms` (floats) is added to each train_log.jsonl record. Its own parameters must
-    be reachable from `model` (to be optimised and saved). Default: next-token loss on assistant replies."""
+    be reachable from `model` (to be optimised and saved). Default: next-token loss on assistant replies.
+
+    validator: what builds the validation train.eval_file / train.eval_every ask for (wants_validation), called
+    once the model is set up as validator(cfg, model, tokenizer, world=meta's "world", log=log on process 0 else
+    None); what it returns maps the model to {"val_accuracy", "val_loss", "val_turns", "val_seconds"} and has a
+    `source`. The recipes pass mmdialog.eval.validation.Validator.build (eval sits above train, so the trainer
+    does not import it). A config that asks for validation without a validator is an error."""
     run = _Run(cfg, model, tokenizer, dataset, Path(out_dir), log=log, meta=meta, dist=dist or Dist(),
-               objective=objective, collate=collate)
+               objective=objective, collate=collate, validator=validator)
     if resume:
         run.resume()
     run.start(progress)
@@ -398,10 +413,10 @@ class _Run:
     or fresh), one optimizer step, the logs and checkpoints, and the final model."""
 
     def __init__(self, cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
-                 log, meta: dict | None, dist: Dist, objective: torch.nn.Module | None, collate):
+                 log, meta: dict | None, dist: Dist, objective: torch.nn.Module | None, collate, validator):
         tc = self.tc = cfg.train
         self.cfg, self.model, self.tokenizer, self.dataset, self.out_dir = cfg, model, tokenizer, dataset, out_dir
-        self.log, self.dist = log, dist
+        self.log, self.dist, self.build_validator = log, dist, validator
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         if tc.on_nan not in ("stop", "skip"):
@@ -440,6 +455,10 @@ class _Run:
         self.ckpt_root = out_dir / "checkpoints"
         self.ckpt_meta = {**(meta or {}), "adapters": plan.adapters, "strategy": tc.strategy}
         self.world = (meta or {}).get("world")
+        self.validates = wants_validation(tc, self.world)
+        if self.validates and validator is None:
+            raise MMDialogError("train.eval_file or train.eval_every asks for validation, and train() was given no "
+                                "validator (pass validator=mmdialog.eval.validation.Validator.build)")
         self.tokens, self.ema, self.losses, self.skipped_batches, self.resumed_from = 0, None, [], 0, 0
         self.ddp, self.stage, self.stopped, self.consecutive_skips = None, None, "", 0
         self.validation: list[dict] = []
@@ -458,8 +477,6 @@ class _Run:
 
     def start(self, progress: bool) -> None:
         """Log what trains on what, open the JSONL log and the progress bar, build the validator."""
-        from mmdialog.train.validation import Validator
-
         model, tc, dist = self.model, self.tc, self.dist
         n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in self.plan.all_trainable)
         data = self.dataset.report() if hasattr(self.dataset, "report") else len(self.dataset)
@@ -474,8 +491,8 @@ class _Run:
         self.t0 = time.perf_counter() - self.schedule.elapsed
         self.bar = tqdm(total=None if self.schedule.budget > 0 else self.plan.total_steps, initial=self.schedule.step,
                         desc="train", unit="step", disable=not progress or not dist.is_main, dynamic_ncols=True)
-        self.validator = Validator.build(self.cfg, model, self.tokenizer, world=self.world,
-                                         log=self.log if dist.is_main else None)
+        self.validator = self.build_validator(self.cfg, model, self.tokenizer, world=self.world,
+                                              log=self.log if dist.is_main else None) if self.validates else None
 
     def _enter_stage(self, s: int) -> None:
         """Which parameters train changed: DDP must be rebuilt over the new set."""

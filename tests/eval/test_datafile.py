@@ -129,6 +129,7 @@ def memorised(files, tmp_path_factory):
     during training (train.eval_file); (checkpoint directory, run directory, TrainResult)."""
     import torch
 
+    from mmdialog.eval.validation import Validator
     from mmdialog.train.trainer import prepare, train
 
     train_file = write_file(files / "train.jsonl", "sharegpt")
@@ -141,7 +142,8 @@ def memorised(files, tmp_path_factory):
     threads = torch.get_num_threads()
     try:
         tokenizer, model, _, dataset = prepare(cfg, None, progress=False)
-        result = train(cfg, model, tokenizer, dataset, out, progress=False, log=lambda *a: None)
+        result = train(cfg, model, tokenizer, dataset, out, progress=False, log=lambda *a: None,
+                       validator=Validator.build)
     finally:
         torch.set_num_threads(threads)
     return out / "checkpoint", out, result

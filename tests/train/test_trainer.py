@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -112,3 +114,25 @@ def test_precision_auto_trains_in_the_faster_one(monkeypatch, tiny_world, tmp_pa
     cfg = smoke_config("train.precision=auto", "train.max_steps=2")
     *_, result = run(cfg, tiny_world, tmp_path)
     assert result.precision == want  # bf16 only when it is at least 5% faster
+
+
+def test_eval_every_validates_on_the_world_with_the_validator_it_is_given(tiny_world, tmp_path):
+    """train.eval_every on a world: the validator train() is handed scores its val split at every N steps and at
+    the end; without one train() refuses rather than skip the validation the config asks for; without a world
+    (and without eval_file) eval_every alone asks for none."""
+    from mmdialog.eval.validation import Validator
+    from tests.train.conftest import run, smoke_config
+
+    cfg = smoke_config("train.max_steps=4", "train.eval_every=2", "train.eval_max_records=3")
+    meta = {"world": str(tiny_world)}
+    *_, result = run(cfg, tiny_world, tmp_path / "given", meta=meta, validator=Validator.build)
+    assert [v["step"] for v in result.validation] == [2, 4]
+    assert all(v["val_turns"] > 3 and 0 <= v["val_accuracy"] <= 1 and v["val_loss"] > 0 for v in result.validation)
+    log = [json.loads(x) for x in (tmp_path / "given" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log if "val_accuracy" in x] == [2, 4]
+    with pytest.raises(MMDialogError, match="no validator"):
+        run(cfg, tiny_world, tmp_path / "missing", meta=meta)
+    *_, plain = run(cfg, tiny_world, tmp_path / "no_world")
+    assert plain.validation == []
+    with pytest.raises(MMDialogError, match="must be >= 0"):
+        run(smoke_config("train.eval_every=-1"), tiny_world, tmp_path / "negative", validator=Validator.build)

@@ -1,5 +1,6 @@
 """Validation during training (train.eval_every / train.eval_file): the gold-history scorer of `mmdialog eval`
-on held-out records.
+on held-out records. The trainer sits below eval and does not import it: the recipes hand Validator.build to
+train() (its `validator` argument), which calls it once the model is set up when the config asks for validation.
 
     train.eval_file          a LLaVA / ShareGPT / OpenAI file, read and checked as `mmdialog eval --data` reads it
                              (its media relative to data.media_root when set, else to the file's directory);
@@ -20,7 +21,12 @@ import time
 
 import torch
 
+from mmdialog.data.processor import Processor
+from mmdialog.data.worlds.shapes import load_split
 from mmdialog.errors import MMDialogError
+from mmdialog.eval.contexts import Context, record_image
+from mmdialog.eval.datafile import read_eval_file
+from mmdialog.eval.teacher_forced import TeacherForcedScorer
 
 
 class Validator:
@@ -29,20 +35,12 @@ class Validator:
         self.max_new_tokens, self.source = max_new_tokens, source
 
     @classmethod
-    def build(cls, cfg, model, tokenizer, world=None, log=None) -> "Validator | None":
-        """The run's validator, or None when train.eval_file is empty and (eval_every is 0 or there is no world)."""
-        from mmdialog.data.processor import Processor
-
+    def build(cls, cfg, model, tokenizer, world=None, log=None) -> "Validator":
+        """The run's validator: on train.eval_file when set, else on the world's val split (the trainer calls
+        this only when the config asks for validation: train/trainer.py's wants_validation)."""
         tc = cfg.train
-        if tc.eval_every < 0 or tc.eval_max_records < 0:
-            raise MMDialogError(f"train.eval_every and train.eval_max_records must be >= 0, got {tc.eval_every} and "
-                                f"{tc.eval_max_records}")
-        if not tc.eval_file and not (tc.eval_every and world):
-            return None
         processor = Processor.for_model(tokenizer, model, max_length=cfg.model.decoder.max_seq_len)
         if tc.eval_file:
-            from mmdialog.eval.datafile import read_eval_file
-
             data = read_eval_file(tc.eval_file, tc.eval_format, cfg.data.media_root or None, processor=processor,
                                   modalities=model.encoders.keys(), max_records=tc.eval_max_records)
             if not data.records:
@@ -52,9 +50,6 @@ class Validator:
             if log:
                 log(f"validation: {data.summary()}")
             return cls(data.records, {}, processor, cfg.eval.max_new_tokens, str(tc.eval_file))
-        from mmdialog.data.worlds.shapes import load_split
-        from mmdialog.eval.contexts import record_image
-
         records = load_split(world, "val")
         records = records[:tc.eval_max_records] if tc.eval_max_records else records
         images = {r["id"]: record_image(r, world) for r in records}
@@ -63,9 +58,6 @@ class Validator:
         return cls(records, images, processor, cfg.eval.max_new_tokens, f"{world}/val.jsonl")
 
     def __call__(self, model) -> dict:
-        from mmdialog.eval.contexts import Context
-        from mmdialog.eval.teacher_forced import TeacherForcedScorer
-
         t = time.perf_counter()
         was_training = model.training
         model.eval()
