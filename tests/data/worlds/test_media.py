@@ -28,10 +28,10 @@ from tests.data.worlds.test_shapes import DESC_RE, PLURAL_RE, desc_from, plural_
 SEED = 5
 N_READ = 120  # dialogues read from their files by the independent reader
 # sha256 of the records (json, sorted keys) and of the files (path, bytes) of make_media_dialogue(seed, "train",
-# 0..11) for seeds 0 and 1 with all modalities and seed 2 with pictures alone, as drawn on 2026-12-07 (unchanged
+# 0..11) for seeds 0 and 1 with all modalities and seed 2 with pictures alone, as drawn on 2026-12-07 with total counts (unchanged
 # by the split of media.py into media_state/_clips/_beeps/_pictures/_dialogue): a change of the data shows here.
-MEDIA_RECORDS_SHA = "5927dc0828c6476bf164b166ce5b7b3e450fb43b02e7d32841901bf8fcd569ba"
-MEDIA_FILES_SHA = "6d36af3ebe8156b75f9e5153dae645d2b15d54884efae7841f64c1b729753b78"
+MEDIA_RECORDS_SHA = "f017d83e8c135f823603ffce8efdd74c8501365dbc9a3d8379c480a32b098c27"
+MEDIA_FILES_SHA = "c11deecfc18673a26d595a4ce736f5254777669c331a18576576fbf161395482"
 
 
 @pytest.fixture(scope="module")

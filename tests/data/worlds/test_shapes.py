@@ -269,6 +269,22 @@ def test_distance_and_family_mix():
     assert s["questions"] > 0.85 * 1000 * 8  # statements take the rest of the 8 rounds
 
 
+def test_total_counts_are_asked_as_people_ask_them_and_followed_up():
+    """"How many objects are there?" is among the first things people ask; the world asks it (things, objects,
+    items, shapes) and answers it with the number of objects; "How many of them are red?" may follow."""
+    totals, typed, followed = 0, set(), 0
+    for i in range(400):
+        record, _ = make_dialogue(SEED, "train", i)
+        rounds = record["rounds"]
+        for r, rd in enumerate(rounds):
+            if rd["program"]["op"] == "count" and rd["program"]["filter"] == {}:
+                totals += 1
+                assert rd["answer"] == str(len(record["scene"]["objects"])) and rd["distance"] == 0
+                typed.update(w for w in ("things", "objects", "items", "shapes") if w in rd["question"].lower())
+                followed += r + 1 < len(rounds) and rounds[r + 1]["ref"] == "group"
+    assert totals > 40 and typed == {"things", "objects", "items", "shapes"} and followed > 0
+
+
 # ----------------------------------------------------------------------------- scenes and pixels
 
 @pytest.mark.parametrize("size", [32, 64, 96])

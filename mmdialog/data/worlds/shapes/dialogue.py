@@ -22,6 +22,7 @@ from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, VALUES, Draws, Scene
 NAMES = ("Max", "Luna", "Pip", "Rex", "Mia", "Leo", "Zoe", "Kai", "Ada", "Bo", "Ivy", "Sam")
 CAPTION_QUESTION = "Describe the picture."
 COUNT_ATTRIBUTES = ("colour", "size", "shape")  # filters of count / exist / group questions
+TOTAL_COUNT = 0.1  # the share of count questions asked about every object ("How many things are there?")
 # Descriptions a far reference may use: "the red thing", "the circle", "the large circle" ...
 FAR_FORMS = (("colour",), ("size",), ("shape",), ("colour", "shape"), ("size", "shape"))
 MAX_NAMES = 2  # names given per dialogue
@@ -237,7 +238,8 @@ class _Dialogue:
     # -- distance 0: the image alone answers
     def t_count(self, i: int, allow_repeat: bool = False) -> bool:
         for _ in range(4):
-            f = self._filter((0.45, 0.4, 0.15), from_object=0.7)
+            # "How many things are there?" (objects, items, shapes): the total, as people ask it first
+            f = {} if self.d.random() < TOTAL_COUNT else self._filter((0.45, 0.4, 0.15), from_object=0.7)
             program = {"op": "count", "filter": f}
             q = question_text(program, "none")
             if allow_repeat or q not in self.asked:
@@ -311,6 +313,8 @@ class _Dialogue:
         f = prev["filter"]
         # after "How many of them are red?" only "What about blue ones?" reads naturally
         swappable = [prev[k] for k in ("added", "swapped") if k in prev] or list(f)
+        if not swappable:  # after the total count there is no value to swap
+            return False
         attr = self.d.choice(swappable)
         rest = {a: v for a, v in f.items() if a != attr}
         present = sorted({self.objs[j].get(attr) for j in self._matching(rest)} - {f[attr]},
