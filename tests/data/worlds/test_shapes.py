@@ -285,6 +285,22 @@ def test_total_counts_are_asked_as_people_ask_them_and_followed_up():
     assert totals > 40 and typed == {"things", "objects", "items", "shapes"} and followed > 0
 
 
+def test_the_caption_is_asked_for_in_the_ways_people_ask_for_it():
+    from mmdialog.data.worlds.shapes.dialogue import CAPTION_QUESTION, CAPTION_WORDINGS
+    from mmdialog.data.worlds.shapes.wording import canonical
+
+    firsts = [make_dialogue(SEED, "train", i)[0] for i in range(300)]
+    asked = Counter(canonical(r["rounds"][0]["question"]) for r in firsts)
+    assert set(asked) == {canonical(w) for w in CAPTION_WORDINGS}
+    assert 0.35 < asked[canonical(CAPTION_QUESTION)] / 300 < 0.65  # the canonical one half of the time
+    for record in firsts[:50]:
+        check_record(record)
+    bad = copy.deepcopy(firsts[0])
+    bad["rounds"][0]["question"] = "How many things are there?"
+    with pytest.raises(MMDialogError, match="should read 'Describe the picture.' or another of its wordings"):
+        check_record(bad)
+
+
 # ----------------------------------------------------------------------------- scenes and pixels
 
 @pytest.mark.parametrize("size", [32, 64, 96])

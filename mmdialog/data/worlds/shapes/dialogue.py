@@ -21,6 +21,9 @@ from mmdialog.data.worlds.shapes.scene import ATTRIBUTES, VALUES, Draws, Scene
 
 NAMES = ("Max", "Luna", "Pip", "Rex", "Mia", "Leo", "Zoe", "Kai", "Ada", "Bo", "Ivy", "Sam")
 CAPTION_QUESTION = "Describe the picture."
+# ... and how else people ask for it (a world with ordinary phrasing asks the canonical one half of the time)
+CAPTION_WORDINGS = (CAPTION_QUESTION, "What do you see?", "What is in the picture?", "Describe this image.",
+                    "What does the image show?", "Can you describe the picture?", "Tell me what you see.")
 COUNT_ATTRIBUTES = ("colour", "size", "shape")  # filters of count / exist / group questions
 TOTAL_COUNT = 0.1  # the share of count questions asked about every object ("How many things are there?")
 # Descriptions a far reference may use: "the red thing", "the circle", "the large circle" ...

@@ -22,14 +22,14 @@ from PIL import Image as PILImage
 
 from mmdialog.data.conversation import Conversation, Image, Text
 from mmdialog.data.worlds.shapes.dialogue import (
-    CAPTION_QUESTION, FAMILIES, MAX_NAMES, NAMES, REFS, TEMPLATE_WEIGHTS, generate_dialogue,
+    CAPTION_QUESTION, CAPTION_WORDINGS, FAMILIES, MAX_NAMES, NAMES, REFS, TEMPLATE_WEIGHTS, generate_dialogue,
 )
 from mmdialog.data.worlds.shapes.heldout import (
     DESCRIPTIONS, HELDOUT_SPLITS, KINDS, SPLIT_IDS, heldout_pairs, paraphrase_record, parse_kinds,
 )
 from mmdialog.data.worlds.shapes.media_io import generate_media, parse_modalities
 from mmdialog.data.worlds.shapes.render import encode_png, render
-from mmdialog.data.worlds.shapes.wording import PHRASINGS, ordinary
+from mmdialog.data.worlds.shapes.wording import PHRASINGS, is_wording, ordinary
 from mmdialog.data.worlds.shapes.scene import (
     COLOURS, GRID, MAX_OBJECTS, MIN_OBJECTS, POSITIONS, SHAPES, SIZES, Draws, check_image_size, sample_scene,
 )
@@ -366,8 +366,9 @@ def _validate(rec) -> None:
             raise _Bad(f"round {r} field 'family' is {rd['family']!r}: round 0, and only it, is the caption")
         if rd["scored"] == (rd["family"] in ("caption", "statement", "chat")):
             raise _Bad(f"round {r} field 'scored' is {rd['scored']} for a {rd['family']} round")
-    if rec["rounds"][0]["question"] != CAPTION_QUESTION:
-        raise _Bad(f"round 0 field 'question' should be {CAPTION_QUESTION!r}")
+    if not is_wording(rec["rounds"][0]["question"], {"op": "caption"}, "none"):
+        raise _Bad(f"round 0 field 'question' should ask for the caption: {CAPTION_QUESTION!r} or another of "
+                   f"its wordings {CAPTION_WORDINGS[1:]}")
 
 
 def load_split(world_dir, split: str) -> list[dict]:

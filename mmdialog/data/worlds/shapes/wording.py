@@ -1,7 +1,7 @@
 """How people ask: the wordings of the world's questions, the surface forms people type, and the few turns
 that are not about the picture.
 
-A world generated with phrasing="ordinary" (the default) asks each question (not the caption) in one of
+A world generated with phrasing="ordinary" (the default) asks each question (the caption too) in one of
 its wordings (`wordings`: the canonical question_text, the training paraphrases, and for "it" questions
 short follow-ups like "And its size?"), then types it the way people do (`ordinary`): US or UK spelling
 (color / colour), synonyms (objects / items / things, big / large, little / small), lower case, no final
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from mmdialog.data.worlds.shapes.dialogue import CAPTION_QUESTION, CHAT, phrase, plural, question_text
+from mmdialog.data.worlds.shapes.dialogue import CAPTION_WORDINGS, CHAT, phrase, plural, question_text
 
 PHRASINGS = ("ordinary", "canonical")
 
@@ -47,7 +47,7 @@ def train_paraphrases(program: dict, ref: str) -> list[str]:
     """The training wordings of a round: never question_text's, never heldout.paraphrases' (test_paraphrase)."""
     op = program["op"]
     if op == "caption":
-        return [CAPTION_QUESTION]
+        return list(CAPTION_WORDINGS[1:])
     if op == "chat":
         return [q for q in CHAT[program["kind"]][0] if q != program["text"]]
     if op == "count":
@@ -107,7 +107,7 @@ def follow_ups(program: dict, ref: str) -> list[str]:
 def wordings(program: dict, ref: str) -> list[str]:
     """Every wording a world question of this program may take (before its surface form)."""
     if program["op"] == "caption":
-        return [CAPTION_QUESTION]
+        return list(CAPTION_WORDINGS)
     if program["op"] == "chat":
         return list(CHAT[program["kind"]][0])
     return [question_text(program, ref), *train_paraphrases(program, ref), *follow_ups(program, ref)]
@@ -127,8 +127,6 @@ def is_wording(text: str, program: dict, ref: str) -> bool:
 def ordinary(program: dict, ref: str, draws) -> str:
     """A question as a person might type it: a wording (the canonical one half of the time), then synonyms,
     spelling, case and punctuation drawn independently."""
-    if program["op"] == "caption":
-        return CAPTION_QUESTION
     if program["op"] == "chat":
         text = program["text"]
     else:
