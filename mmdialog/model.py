@@ -21,6 +21,7 @@ import mmdialog.decoders  # noqa: F401  (registers the decoders)
 import mmdialog.encoders  # noqa: F401  (registers the encoders)
 import mmdialog.fusion  # noqa: F401  (registers the fusions)
 from mmdialog.config import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, build_part
+from mmdialog.decoders.base import Decoder
 from mmdialog.encoders.reader import TurnReader
 from mmdialog.errors import MMDialogError
 from mmdialog.fusion.common import Fusion
@@ -43,12 +44,15 @@ class ModelOutput:
 
 
 class MultimodalLM(nn.Module):
-    def __init__(self, *, encoders: dict[str, nn.Module], fusion: Fusion, decoder: nn.Module,
+    def __init__(self, *, encoders: dict[str, nn.Module], fusion: Fusion, decoder: Decoder,
                  placeholder_ids: dict[str, int], reader: TurnReader | None = None):
         super().__init__()
         if not isinstance(fusion, Fusion):
             raise MMDialogError(f"the fusion must subclass mmdialog.fusion.common.Fusion (the fusion protocol); "
                                 f"got {type(fusion).__name__}")
+        if not isinstance(decoder, Decoder):
+            raise MMDialogError(f"the decoder must subclass mmdialog.decoders.base.Decoder (the decoder protocol); "
+                                f"got {type(decoder).__name__}")
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.decoder = decoder
@@ -122,7 +126,7 @@ class MultimodalLM(nn.Module):
                 raise MMDialogError(f"packed rows (position_ids/segment_ids) need a fusion that only fills placeholder "
                                     f"slots; {type(self.fusion).__name__} attends across positions of a row, which "
                                     f"would mix the packed conversations: train with train.pack=false")
-            if not getattr(self.decoder, "supports_packing", False):
+            if not self.decoder.supports_packing:
                 raise MMDialogError(f"decoder {type(self.decoder).__name__} does not take packed rows; "
                                     f"train with train.pack=false")
             packed = {"position_ids": position_ids, "segment_ids": segment_ids}
@@ -264,9 +268,9 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str,
 
     # Parts are built in the order encoders, fusion, decoder (the order their random initial weights are
     # drawn in); the fusion needs the decoder's width and depth, which its class tells without building it.
-    sizes = getattr(DECODERS.get(cfg.decoder.name), "sizes", None)
+    sizes = DECODERS.get(cfg.decoder.name).sizes(cfg.decoder)
     decoder = None if sizes is not None else build_decoder()
-    dim, depth = sizes(cfg.decoder) if sizes is not None else (decoder.dim, decoder.num_layers)
+    dim, depth = sizes if sizes is not None else (decoder.dim, decoder.num_layers)
     fusion = _build_from_fields(FUSIONS, cfg.fusion, FusionConfig(), "model.fusion",
                                 in_dims={m: enc.dim for m, enc in encoders.items()}, out_dim=dim, num_layers=depth)
     decoder = decoder if decoder is not None else build_decoder()

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from mmdialog.decoders.base import Decoder
 from mmdialog.errors import MMDialogError
 from mmdialog.modules import (Attention, KVCache, RMSNorm, RotaryEmbedding, Segments, SwiGLU, TransformerBlock,
                               causal_mask)
@@ -14,7 +15,7 @@ from mmdialog.registry import DECODERS
 
 
 @DECODERS.register("causal")
-class CausalDecoder(nn.Module):
+class CausalDecoder(Decoder):
     """Token embedding -> depth pre-norm blocks -> final RMSNorm; `logits` applies the lm head separately.
 
     kv_heads=0 means one kv head per query head; mlp_hidden=0 means 8/3 * dim rounded up to a multiple of 32.
@@ -77,6 +78,9 @@ class CausalDecoder(nn.Module):
 
     supports_packing = True  # forward takes position_ids and segment_ids (packed rows)
     supports_cached_positions = True  # forward takes position_ids (B, T) with a cache (eval/batched_chat.py)
+
+    def blocks_in_order(self) -> nn.ModuleList:
+        return self.blocks
 
     def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer_hook=None, position_ids: torch.Tensor | None = None,

@@ -3,7 +3,7 @@
     embed(input_ids) -> (B, T, D);  forward(inputs_embeds, attention_mask=, cache=, layer_hook=) -> hidden (B, T, D)
     logits(hidden) -> (..., V);  max_seq_len, dim, num_layers
 
-so MultimodalLM, the trainer and the chat session use it unchanged. The model comes from a local directory
+(the Decoder protocol of decoders/base.py), so MultimodalLM, the trainer and the chat session use it unchanged. The model comes from a local directory
 (config.json + *.safetensors; nothing is downloaded, no pickle is loaded) or is built untrained from
 `hf_config` ({model_type: llama, hidden_size: ..., ...}). An embedding table smaller than the tokenizer is
 grown to it (new rows: the mean of the old ones).
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mmdialog.decoders.base import Decoder
 from mmdialog.encoders.hf import check_backbone_dir, config_from_dict, from_pretrained
 from mmdialog.errors import MMDialogError
 from mmdialog.modules import KVCache
@@ -29,7 +30,7 @@ from mmdialog.registry import DECODERS
 
 
 @DECODERS.register("hf")
-class HFCausalDecoder(nn.Module):
+class HFCausalDecoder(Decoder):
     def __init__(self, *, vocab_size: int, max_seq_len: int, path: str = "", hf_config: dict[str, Any] | None = None):
         super().__init__()
         from transformers import AutoModelForCausalLM
@@ -70,6 +71,14 @@ class HFCausalDecoder(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
         return self.lm.get_input_embeddings()(input_ids)
+
+    def blocks_in_order(self) -> nn.ModuleList:
+        return self.layers
+
+    def checkpoint_natively(self) -> bool:
+        """Hugging Face's own gradient checkpointing (non-reentrant), which knows the model's layer calls."""
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return True
 
     def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer_hook=None) -> torch.Tensor:

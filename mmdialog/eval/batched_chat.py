@@ -73,7 +73,7 @@ class _Columns(KVCache):
 
 
 def supported(model: MultimodalLM) -> bool:
-    return not model.fusion.mixes_positions and getattr(model.decoder, "supports_cached_positions", False)
+    return not model.fusion.mixes_positions and model.decoder.supports_cached_positions
 
 
 class _Row:

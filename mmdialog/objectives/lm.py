@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmdialog.data.processor import IGNORE_INDEX
+from mmdialog.objectives.base import Objective
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def target_weights(labels: torch.Tensor, loss_weights: torch.Tensor | None = Non
     return supervised * F.pad(loss_weights[:, 1:], (0, 1))
 
 
-class NextTokenObjective(nn.Module):
+class NextTokenObjective(Objective):
     """The training objective around a MultimodalLM: batch -> (sum of weighted token losses, sum of weights).
 
     Sums rather than a mean, so the trainer can divide by the weight of the whole global batch (all
@@ -51,3 +52,7 @@ class NextTokenObjective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(**batch)
         return out.loss_sum, out.target_weight
+
+    def batch_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weight of the batch's supervised targets (their count, or their message weights)."""
+        return target_weights(batch["labels"], batch.get("loss_weights")).sum()

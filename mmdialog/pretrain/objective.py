@@ -30,6 +30,7 @@ import torch.nn as nn
 from mmdialog.errors import MMDialogError
 from mmdialog.modalities import MODALITIES
 from mmdialog.objectives.contrastive import ContrastiveHeads, gather_rows, global_share, info_nce, pool_media
+from mmdialog.objectives.base import Objective
 from mmdialog.objectives.lm import IGNORE_INDEX, lm_loss, shift_labels
 from mmdialog.objectives.masked import mask_tokens, masked_lm_loss
 from mmdialog.objectives.matching import MatchingHead, matching_loss, mine_hard_negatives
@@ -99,7 +100,7 @@ class PretrainHeads(nn.Module):
             self.answers = AnswerHead(model_dim, n_answers)
 
 
-class PretrainObjective(nn.Module):
+class PretrainObjective(Objective):
     """batch (PairCollator) -> (weighted sum of the objectives, in the trainer's currency: pairs x loss; pairs).
 
     last_terms holds each objective's loss (and a few accuracies) of the last call, for the training log.

@@ -82,7 +82,7 @@ def check_fsdp(tc, precision: str) -> None:
         raise MMDialogError(f"train.distributed=fsdp does not support train.strategy={tc.strategy} (LoRA adapters are "
                             "merged and stages change the trainable set on a whole model); use train.distributed=ddp, "
                             "or strategy full or partial")
-    if getattr(tc, "optimizer", "adamw") == "muon":
+    if tc.optimizer == "muon":
         raise MMDialogError("train.distributed=fsdp does not support train.optimizer=muon (Muon orthogonalises whole "
                             "matrices, FSDP shards them); set train.optimizer=adamw")
     if precision == "fp16":
@@ -99,10 +99,7 @@ def shard_fsdp(root: torch.nn.Module, model: torch.nn.Module, dist: Dist, device
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (dist.world_size,))
-    blocks = getattr(model.decoder, "blocks", None)
-    if blocks is None:
-        blocks = getattr(model.decoder, "layers", None) or []
-    for block in blocks:
+    for block in model.decoder.blocks_in_order():
         fully_shard(block, mesh=mesh)
     fully_shard(root, mesh=mesh)
     return root

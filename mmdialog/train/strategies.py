@@ -113,11 +113,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     keep their parameters and names (the forward is wrapped on the instance); dropout masks are replayed
     (checkpoint preserves the RNG state). Returns the number of blocks wrapped."""
     decoder = model.decoder
-    if hasattr(decoder, "lm") and hasattr(decoder.lm, "gradient_checkpointing_enable"):  # Hugging Face decoder
-        decoder.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return len(getattr(decoder, "layers", []))
-    blocks = getattr(decoder, "blocks", None)
-    if blocks is None:
+    blocks = decoder.blocks_in_order()
+    if decoder.checkpoint_natively():  # a Hugging Face decoder: its own
+        return len(blocks)
+    if not blocks:
         raise MMDialogError(f"train.grad_checkpointing: decoder {type(decoder).__name__} has no blocks to checkpoint")
     for block in blocks:
         forward = block.forward

@@ -39,7 +39,8 @@ from mmdialog.errors import MMDialogError
 from mmdialog.model import MultimodalLM, build_model, count_parameters
 from mmdialog.modelio import save_checkpoint
 from mmdialog.modules.lora import ADAPTERS, lora_state, merge_lora, save_adapters
-from mmdialog.objectives.lm import NextTokenObjective, target_weights
+from mmdialog.objectives.base import Objective
+from mmdialog.objectives.lm import NextTokenObjective
 from mmdialog.train.checkpoint import (latest_training_checkpoint, load_training_state, rng_state,
                                        save_training_checkpoint, set_rng_state)
 from mmdialog.train.distributed import (Dist, check_fsdp, full_optimizer_state, full_state_dict, full_tensor,
@@ -370,17 +371,18 @@ def wants_validation(tc: TrainConfig, world) -> bool:
 
 def train(cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
           progress: bool = True, log=print, meta: dict | None = None, resume: bool = False,
-          dist: Dist | None = None, objective: torch.nn.Module | None = None, collate=None,
+          dist: Dist | None = None, objective: Objective | None = None, collate=None,
           validator=None) -> TrainResult:
     """Train `model` in place on `dataset` (any map-style dataset of Examples) and write OUT/checkpoint (the
     final model: adapters merged, ready for chat/eval/export), OUT/train_log.jsonl and, with train.save_every,
     resumable checkpoints in OUT/checkpoints/. Under torchrun pass the Dist of init_distributed().
 
     objective, collate: another objective around the same model and the collator its dataset's items need
-    (pretraining: mmdialog/pretrain). The objective maps a batch to (sum of losses, weight) like
-    NextTokenObjective, and has batch_weight(batch), a micro-batch's weight known before the forward pass;
-    a dict attribute `last_terms` (floats) is added to each train_log.jsonl record. Its own parameters must
-    be reachable from `model` (to be optimised and saved). Default: next-token loss on assistant replies.
+    (pretraining: mmdialog/pretrain). The objective subclasses Objective (objectives/base.py): it maps a batch
+    to (sum of losses, weight) like NextTokenObjective, and has batch_weight(batch), a micro-batch's weight
+    known before the forward pass; its `last_terms` (floats) are added to each train_log.jsonl record. Its own
+    parameters must be reachable from `model` (to be optimised and saved). Default: next-token loss on
+    assistant replies.
 
     validator: what builds the validation train.eval_file / train.eval_every ask for (wants_validation), called
     once the model is set up as validator(cfg, model, tokenizer, world=meta's "world", log=log on process 0 else
@@ -413,7 +415,7 @@ class _Run:
     or fresh), one optimizer step, the logs and checkpoints, and the final model."""
 
     def __init__(self, cfg: Config, model: MultimodalLM, tokenizer: ChatTokenizer, dataset, out_dir: Path, *,
-                 log, meta: dict | None, dist: Dist, objective: torch.nn.Module | None, collate, validator):
+                 log, meta: dict | None, dist: Dist, objective: Objective | None, collate, validator):
         tc = self.tc = cfg.train
         self.cfg, self.model, self.tokenizer, self.dataset, self.out_dir = cfg, model, tokenizer, dataset, out_dir
         self.log, self.dist, self.build_validator = log, dist, validator
@@ -443,6 +445,9 @@ class _Run:
         if tc.grad_checkpointing:
             enable_gradient_checkpointing(model)
         model.to(device)
+        if objective is not None and not isinstance(objective, Objective):
+            raise MMDialogError(f"the objective must subclass mmdialog.objectives.base.Objective (the objective "
+                                f"protocol); got {type(objective).__name__}")
         self.objective = objective if objective is not None else NextTokenObjective(model)
         self.template = None  # fsdp: process 0 gathers the full weights into this unsharded copy to save them
         if fsdp:
@@ -485,8 +490,6 @@ class _Run:
                  f"{'bf16 or fp32, timed on the first batch' if self.time_auto else self.precision} "
                  f"(train.precision={tc.precision}); device: {self.device}"
                  + (f"; {dist.world_size} processes ({tc.distributed})" if dist.enabled else ""))
-        self.batch_weight = getattr(self.objective, "batch_weight", None) or (
-            lambda b: target_weights(b["labels"], b.get("loss_weights")).sum())
         self.log_file = _open_log(self.out_dir / "train_log.jsonl", self.resumed_from) if dist.is_main else None
         self.t0 = time.perf_counter() - self.schedule.elapsed
         self.bar = tqdm(total=None if self.schedule.budget > 0 else self.plan.total_steps, initial=self.schedule.step,
@@ -520,7 +523,8 @@ class _Run:
         """Forward and backward over the step's micro-batches (the gradient of the whole batch's mean loss),
         then the loss, gradient norm, tokens and stop request gathered over the processes."""
         dist, device, ddp = self.dist, self.device, self.ddp
-        weight = dist.all_reduce(torch.stack([self.batch_weight(b) for b in batches]).sum().double().reshape(1))
+        weight = dist.all_reduce(torch.stack([self.objective.batch_weight(b) for b in batches]).sum().double()
+                                 .reshape(1))
         norm = float(weight) / dist.world_size  # backward of sum / norm: DDP's mean over processes sums them
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, b in enumerate(batches):
@@ -602,7 +606,7 @@ class _Run:
         if (step % tc.log_every == 0 or step == 1) and self.dist.is_main:
             rec = {"step": step, "loss": st.loss, "loss_ema": self.ema, "lr": lr, "grad_norm": st.grad_norm,
                    "tokens": self.tokens, "elapsed": elapsed, "tokens_per_second": self.tokens / elapsed,
-                   **getattr(self.objective, "last_terms", {})}
+                   **self.objective.last_terms}
             self.log_file.write(json.dumps(rec) + "\n")
             self.log_file.flush()
             self.losses.append((step, st.loss))

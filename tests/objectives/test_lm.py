@@ -44,3 +44,28 @@ def test_the_ignore_label_is_defined_once():
              if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
              and isinstance(node.operand, ast.Constant) and node.operand.value == 100]
     assert found == ["data/processor.py"], found
+
+
+def test_the_next_token_objective_weighs_a_batch_by_its_targets():
+    """batch_weight (the Objective protocol, objectives/base.py): the supervised targets before the forward pass,
+    or their message weights; last_terms is the protocol's default, none."""
+    from mmdialog.objectives import Objective
+    from mmdialog.objectives.lm import NextTokenObjective
+
+    obj = NextTokenObjective(torch.nn.Identity())
+    assert isinstance(obj, Objective) and dict(obj.last_terms) == {}
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])
+    assert obj.batch_weight({"labels": labels}).item() == 4
+    weights = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 2.0, 2.0]])
+    assert obj.batch_weight({"labels": labels, "loss_weights": weights}).item() == 5.0
+
+
+def test_an_objective_must_define_forward_and_batch_weight():
+    import pytest
+
+    from mmdialog.objectives import Objective
+
+    with pytest.raises(NotImplementedError, match="Objective must define batch_weight"):
+        Objective().batch_weight({})
+    with pytest.raises(NotImplementedError, match="Objective must define forward"):
+        Objective()({})

@@ -136,3 +136,17 @@ def test_eval_every_validates_on_the_world_with_the_validator_it_is_given(tiny_w
     assert plain.validation == []
     with pytest.raises(MMDialogError, match="must be >= 0"):
         run(smoke_config("train.eval_every=-1"), tiny_world, tmp_path / "negative", validator=Validator.build)
+
+
+def test_an_objective_outside_the_protocol_is_refused(tiny_world, tmp_path):
+    from tests.train.conftest import run, smoke_config
+
+    class Loose(torch.nn.Module):  # forward and batch_weight, but not an Objective
+        def forward(self, batch):
+            return torch.zeros(()), torch.ones(())
+
+        def batch_weight(self, batch):
+            return torch.ones(())
+
+    with pytest.raises(MMDialogError, match="must subclass mmdialog.objectives.base.Objective"):
+        run(smoke_config(), tiny_world, tmp_path, objective=Loose())
