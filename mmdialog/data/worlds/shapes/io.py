@@ -36,7 +36,7 @@ from mmdialog.data.worlds.shapes.scene import (
 from mmdialog.errors import MMDialogError
 
 FORMAT = "mmdialog-shapes"
-VERSION = 1
+VERSION = 2  # 2 (2026-12-07): total counts and caption wordings; recipes regenerate a world of another version
 SPLITS = ("train", "val", "test")
 
 
