@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmdialog.config import WorldConfig
+from mmdialog.config import EvalConfig, WorldConfig
+from mmdialog.config.sampling import SamplingParams
 from mmdialog.errors import MMDialogError
 from mmdialog.options import add_options, kwargs_for, option, read
 
@@ -148,12 +149,13 @@ class EvalOptions:
     match: str = option("normalised", "--data: how a reply is matched with the gold one (normalised: case, "
                                       "surrounding whitespace, final punctuation, number words as digits); token F1 "
                                       "is always reported", choices=["exact", "normalised", "contains"])
-    split: str = option("test", choices=["train", "val", "test", "test_long", "test_combos", "test_paraphrase"])
+    split: str = option(EvalConfig.split, choices=["train", "val", "test", "test_long", "test_combos",
+                                                   "test_paraphrase"])
     seeds: list[int] | None = option(None, "evaluate on a fresh sample of the split drawn with each seed (written to "
                                            "OUT/worlds/), and report mean and std over them", nargs="+",
                                      metavar="SEED", convert=_or_empty)
-    max_dialogues: int = option(0, "evaluate only the first N dialogues (with --data: the first N valid records; "
-                                   "0: all)")
+    max_dialogues: int = option(EvalConfig.max_dialogues, "evaluate only the first N dialogues (with --data: the "
+                                                         "first N valid records; 0: all)")
     own_history: int = option(-1, "run the real chat (own history, generated) on the first N dialogues (default: "
                                   "all; 0: skip)", metavar="N", convert=_unless_negative)
     ranking: int = option(-1, "rank candidate answers on the first N dialogues (default: all; 0: skip)", metavar="N",
@@ -262,26 +264,26 @@ def cmd_experiment(args) -> int:
 
 @dataclass(kw_only=True)
 class ChatOptions:
-    """`mmdialog chat`: the sampling fields are SamplingParams' (with its defaults: tests/test_cli.py checks them;
-    importing it here would import torch for --help), the rest chat_loop's."""
+    """`mmdialog chat`: the sampling fields are SamplingParams', with its defaults (config/sampling.py, without
+    torch), the rest chat_loop's. --stop starts as None (argparse appends to it) and goes on as SamplingParams'
+    empty list."""
 
     checkpoint: str = option(required=True)
-    max_new_tokens: int = option(32)
+    max_new_tokens: int = option(SamplingParams.max_new_tokens)
     policy: str = option("full", "context policy: full, last_k:K, token_budget:TOKENS or summary:KEEP (default: full)")
     system: str | None = option(None, "a system prompt for the conversation")
-    temperature: float = option(0.0, "0 (default): greedy")
-    top_k: int = option(0, "0 (default): off")
-    top_p: float = option(1.0, "1.0 (default): off")
-    repetition_penalty: float = option(1.0, "1.0 (default): off")
+    temperature: float = option(SamplingParams.temperature, "0 (default): greedy")
+    top_k: int = option(SamplingParams.top_k, "0 (default): off")
+    top_p: float = option(SamplingParams.top_p, "1.0 (default): off")
+    repetition_penalty: float = option(SamplingParams.repetition_penalty, "1.0 (default): off")
     stop: list[str] | None = option(None, "end a reply at TEXT (repeatable)", action="append", metavar="TEXT",
                                     convert=lambda v: v or [])
-    seed: int | None = option(None, "seed for sampling (same seed, same replies)")
+    seed: int | None = option(SamplingParams.seed, "seed for sampling (same seed, same replies)")
 
 
 def cmd_chat(args) -> None:
     from mmdialog.chat.cli import chat_loop
     from mmdialog.chat.policies import parse_policy
-    from mmdialog.chat.sampling import SamplingParams
     from mmdialog.modelio import load_any
 
     o = read(ChatOptions, args)

@@ -150,6 +150,17 @@ def test_every_option_reaches_the_work_with_its_default(command):
             assert norm(value) == norm(want), f"{command} --{name}: {value!r}, {f.__name__} has {want!r}"
 
 
+def test_the_command_line_loads_without_torch():
+    """cli.py takes chat's defaults from SamplingParams (config/sampling.py) and eval's from EvalConfig, neither of
+    which imports torch: `mmdialog --help` stays quick."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import sys, mmdialog.cli; print(sorted({'torch', 'mmdialog.chat'} & "
+                                              "set(sys.modules)))"], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
 def test_options_build_flags_and_hand_values_on():
     @dataclass(kw_only=True)
     class Opts:

@@ -145,7 +145,8 @@ class ChatCLI:
         return None
 
 
-def chat_loop(model, processor, *, max_new_tokens: int = 32, policy=None, sampling: SamplingParams | None = None,
-              system: str | None = None, stdin=sys.stdin, stdout=sys.stdout) -> ChatSession:
+def chat_loop(model, processor, *, max_new_tokens: int = SamplingParams.max_new_tokens, policy=None,
+              sampling: SamplingParams | None = None, system: str | None = None, stdin=sys.stdin,
+              stdout=sys.stdout) -> ChatSession:
     session = ChatSession(model, processor, max_new_tokens=max_new_tokens, policy=policy, sampling=sampling)
     return ChatCLI(session, stdin, stdout, system=system).run()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmdialog.config import EvalConfig
 from mmdialog.data.worlds.shapes import heldout_info, load_split, touches_pairs, world_settings, write_split
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import LastN
@@ -92,8 +93,8 @@ def write_outputs(result: LabResult | None, metrics: dict, out: Path, *, title: 
     return figures
 
 
-def run_eval(checkpoints: list[str], out: str | Path, *, world: str | None = None, split: str = "test",
-             seeds: list[int] = (), max_dialogues: int = 0, own_history: int | None = None,
+def run_eval(checkpoints: list[str], out: str | Path, *, world: str | None = None, split: str = EvalConfig.split,
+             seeds: list[int] = (), max_dialogues: int = EvalConfig.max_dialogues, own_history: int | None = None,
              ranking: int | None = None, ablations: tuple[str, ...] = DEFAULT_ABLATIONS,
              ablation_dialogues: int | None = None, heldout: bool = True,
              gold_method: str = "teacher_forced", progress: bool = True, log=print) -> dict:
@@ -184,8 +185,9 @@ FILE_KEYS = ("gold_history", "own_history", "gold_history_same_dialogues", "gap"
 
 def run_file_eval(checkpoint: str, data: str | Path, out: str | Path, *, fmt: str = "auto",
                   media_root: str | None = None, group_by: tuple[str, ...] = (), match: str = "normalised",
-                  max_records: int = 0, own_history: int | None = None, ranking: int | None = None,
-                  ablations: tuple[str, ...] = DEFAULT_ABLATIONS, ablation_dialogues: int | None = None,
+                  max_records: int = EvalConfig.max_dialogues, own_history: int | None = None,
+                  ranking: int | None = None, ablations: tuple[str, ...] = DEFAULT_ABLATIONS,
+                  ablation_dialogues: int | None = None,
                   gold_method: str = "teacher_forced", progress: bool = True, log=print) -> dict:
     """`mmdialog eval --data FILE`: every assistant turn of every valid record, with the gold and the model's
     own history, by round and by the labels in group_by, the ablations and the candidates' ranking (the lab
