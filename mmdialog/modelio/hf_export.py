@@ -42,6 +42,7 @@ from mmdialog import __version__
 from mmdialog.config import config_from_dict, to_dict
 from mmdialog.data.processor import Processor
 from mmdialog.data.tokenizer import BOS, CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS, ChatTokenizer
+from mmdialog.decoders.hf import HFCausalDecoder
 from mmdialog.errors import MMDialogError
 from mmdialog.model import build_model
 from mmdialog.modelio.atomic import atomic_directory
@@ -219,9 +220,8 @@ def portable_model(ck: Loaded) -> dict | None:
 # ----------------------------------------------------------------------------- the decoder for transformers / peft
 
 def is_hf_decoder(decoder: torch.nn.Module) -> bool:
-    from transformers import PreTrainedModel
-
-    return isinstance(getattr(decoder, "lm", None), PreTrainedModel)
+    """The Hugging Face decoder adapter: its `lm` is the transformers model export writes."""
+    return isinstance(decoder, HFCausalDecoder)
 
 
 def export_hf_decoder(ck: Loaded, source: str | Path, tmp: Path, max_bytes: int, final_dir: Path) -> dict:
