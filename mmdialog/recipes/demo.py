@@ -4,6 +4,7 @@ run_demo does it and returns the metrics; main is the command: run_demo, then th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,8 +54,8 @@ def write_transcript(session: ChatSession, record: dict, world: Path, path: Path
     path.write_text("\n".join(lines) + "\n")
 
 
-PROBE_DIALOGUES = (4, 16)  # the evaluation is timed on this many test dialogues before training (demo_minutes)
-TAIL_SECONDS = 30.0  # transcript, plots, explain and report after the evaluation
+PROBE_DIALOGUES = (4, 32)  # the evaluation is timed on this many test dialogues before training (demo_minutes)
+TAIL_SECONDS = 15.0  # transcript, plots, explain and report after the evaluation (~5 s on a 2-core Xeon)
 
 
 def _probe_seconds(model, processor, records: list[dict], world: Path, k: int, max_new_tokens: int,
@@ -76,25 +77,30 @@ def estimate_eval_seconds(model, processor, records: list[dict], world: Path, ma
     dialogues, and as many of each held-out split) with the model as it is: each part's cost is a fixed
     part plus a part per dialogue, and the line through the two probes gives both (a single small probe
     scaled up counts the fixed part hundreds of times: 8 dialogues predicted 1,448 s for an evaluation
-    of 234 s). Teacher-forced passes cost the same whatever the weights; the real chat is scaled from
-    max_new_tokens generated per answer (an untrained model rarely stops) to the gold answers' length."""
+    of 234 s), after a warm-up probe of one dialogue (first calls cost more). Teacher-forced passes cost the
+    same whatever the weights; what generates (the real chat, the held-out splits) generates the gold answers'
+    mean length per answer, since an untrained model rarely stops."""
     k1, k2 = (min(k, len(records)) for k in PROBE_DIALOGUES)
-    small = _probe_seconds(model, processor, records, world, k1, max_new_tokens, max_heldout)
-    large = _probe_seconds(model, processor, records, world, k2, max_new_tokens, max_heldout)
+    tok = processor.tokenizer
+    answers = [len(tok.encode_text(rd["answer"])) + 1 for r in records[:k2] for rd in r["rounds"]]
+    # The probes generate as many tokens per answer as the gold answers have on average (+ the end token):
+    # an untrained model rarely stops, and at max_new_tokens the real chat of 16 dialogues took 29 s of the
+    # probes for what the trained model does in 0.5 s.
+    probe_tokens = max(1, min(max_new_tokens, math.ceil(sum(answers) / max(len(answers), 1))))
+    _probe_seconds(model, processor, records, world, 1, probe_tokens, max_heldout)  # warm-up, not counted
+    small = _probe_seconds(model, processor, records, world, k1, probe_tokens, max_heldout)
+    large = _probe_seconds(model, processor, records, world, k2, probe_tokens, max_heldout)
     n = len(records)
     splits = [s for s in (heldout_info(world).get("splits") or {}) if (world / f"{s}.jsonl").is_file()]
     sizes = [sum(1 for line in open(world / f"{s}.jsonl", encoding="utf-8") if line.strip()) for s in splits]
     per_split = min(max(sizes, default=0), max_heldout) if max_heldout else max(sizes, default=0)
     dialogues = {"gold_history": n, "reader": n, "own_history": min(DEMO_OWN_HISTORY, n), "ranking": min(DEMO_RANKING, n),
                  "heldout": per_split}
-    tok = processor.tokenizer
-    answers = [len(tok.encode_text(rd["answer"])) + 1 for r in records[:k2] for rd in r["rounds"]]
-    chat_scale = min(1.0, (sum(answers) / max(len(answers), 1)) / max(max_new_tokens, 1))
     total = 0.0
     for part, sec in large.items():
         want = dialogues.get(part, min(DEMO_ABLATIONS, n))
         per = (sec - small.get(part, 0.0)) / (k2 - k1) if k2 > k1 else sec / max(k2, 1)
-        per = max(per, 0.0) * (chat_scale if part == "own_history" else 1.0)
+        per = max(per, 0.0)
         total += sec + per * max(want - k2, 0)
     return total
 

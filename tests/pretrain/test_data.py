@@ -45,7 +45,8 @@ def test_world_pairs_keep_only_questions_that_need_no_history(world):
                 if rd["scored"] and rd["distance"] == 0 and rd["depends_on"] is None]
         assert p.qas == want and p.prompt == CAPTION_PROMPT and p.path.endswith(r["image"])
     rounds = world_pairs(world, "train", captions="round")
-    assert rounds[0].text == recs[0]["rounds"][0]["answer"] and rounds[0].prompt == "Describe the picture."
+    assert rounds[0].text == recs[0]["rounds"][0]["answer"] \
+        and rounds[0].prompt == recs[0]["rounds"][0]["question"]
 
 
 def _png(path, seed=0):
