@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,7 +36,7 @@ class ModelOutput:
     loss: torch.Tensor | None  # () mean next-token cross-entropy over supervised targets (weighted by loss_weights
     #                            when given): loss_sum / target_weight, 0 without targets; None without labels
     logits: torch.Tensor | None  # (B, T, V) next-token logits at every position, (B, k, V) at the last k with
-    #                              logits_to_keep=k; None unless asked for
+    #                              logits_to_keep=k, (B, 1, V) with logits_at; None unless asked for
     cache: KVCache | None  # the cache passed in, now also holding these T positions
     num_target_tokens: int  # supervised targets the loss averages over (0 without labels)
     loss_sum: torch.Tensor | None = None  # () sum of the targets' weighted cross-entropies; None without labels
@@ -144,7 +144,8 @@ class MultimodalLM(nn.Module):
                 videos: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, loss_weights: torch.Tensor | None = None,
                 logits_to_keep: int | None = None, reader_ids: torch.Tensor | None = None,
-                reader_mask: torch.Tensor | None = None, reader_index: torch.Tensor | None = None) -> ModelOutput:
+                reader_mask: torch.Tensor | None = None, reader_index: torch.Tensor | None = None,
+                logits_at: torch.Tensor | None = None) -> ModelOutput:
         """input_ids, attention_mask (1 = real), labels (-100 = no target): (B, T); images: (N, 3, H, W);
         audios: (N, samples); videos: (N, F, 3, H, W); position_ids, segment_ids (B, T): packed rows (see hidden);
         loss_weights (B, T): the weight of each token's message in the loss (collator, train.loss_turns=weighted).
@@ -155,7 +156,8 @@ class MultimodalLM(nn.Module):
         media_embeds is a precomputed encode_media() output (a chat session encodes each item once);
         cache, when given, already holds the earlier positions and is appended to.
         return_logits defaults to True without labels and False with them; logits_to_keep=k projects only
-        the last k positions (a prefill needs the last one).
+        the last k positions (a prefill needs the last one); logits_at (B,) projects one position per row,
+        logits (B, 1, V) (rows of different lengths, padded after their tokens: each row's last one).
         """
         raw = {"images": images, "audios": audios, "videos": videos}
         if media_embeds is not None and any(v is not None for v in raw.values()):
@@ -164,6 +166,8 @@ class MultimodalLM(nn.Module):
             raise MMDialogError("loss_weights weigh the labels' targets: pass labels too")
         if return_logits is None:
             return_logits = labels is None
+        if logits_at is not None and logits_to_keep is not None:
+            raise MMDialogError("pass logits_to_keep (the last k positions) or logits_at (one per row), not both")
         media = media_embeds if media_embeds is not None else self.encode_media(**raw)
         reader = None
         if reader_index is not None:
@@ -174,7 +178,12 @@ class MultimodalLM(nn.Module):
                              segment_ids=segment_ids, reader=reader)  # (B, T, D)
         logits = None
         if return_logits:
-            logits = self.decoder.logits(hidden if logits_to_keep is None else hidden[:, -logits_to_keep:])  # (B, T, V)
+            if logits_at is not None:
+                rows = torch.arange(hidden.shape[0], device=hidden.device)
+                kept = hidden[rows, logits_at.to(hidden.device)][:, None]  # (B, 1, D)
+            else:
+                kept = hidden if logits_to_keep is None else hidden[:, -logits_to_keep:]
+            logits = self.decoder.logits(kept)  # (B, T, V); (B, k, V) or (B, 1, V) when kept
         if labels is None:
             return ModelOutput(loss=None, logits=logits, cache=cache, num_target_tokens=0)
 
@@ -183,7 +192,7 @@ class MultimodalLM(nn.Module):
         num_targets = int(supervised.sum())
         # Most positions (system prompt, user turns, media, padding) have no target: project only
         # the supervised ones onto the vocabulary, the most expensive matmul of a small model.
-        full = logits is not None and logits_to_keep is None
+        full = logits is not None and logits_to_keep is None and logits_at is None
         sup_logits = logits[supervised] if full else self.decoder.logits(hidden[supervised])  # (N, V)
         # fp32: a bf16 log-softmax over a large vocabulary is visibly off
         ce = F.cross_entropy(sup_logits.float(), shift_labels(labels)[supervised], reduction="none")  # (N,)
@@ -206,35 +215,53 @@ class MultimodalLM(nn.Module):
             raise MMDialogError(f"generate takes one prompt, shape (1, T); got {tuple(input_ids.shape)}")
         cache = KVCache() if cache is None else cache
         logits = self(input_ids, images=images, audios=audios, videos=videos, cache=cache,
-                      logits_to_keep=1).logits[0, -1]  # (V,)
+                      logits_to_keep=1).logits[:, -1]  # (1, V)
         # a placeholder token fed back would ask for a media item that is not there: never generated
         banned = torch.tensor(sorted(set(self.placeholder_ids.values())), dtype=torch.long, device=input_ids.device)
 
-        def greedy(logits: torch.Tensor) -> int:
+        def greedy(logits: torch.Tensor, replies: list[list[int]]) -> list[int]:  # logits (1, V)
             logits = logits.clone()
-            logits[banned[banned < logits.numel()]] = float("-inf")
-            return int(logits.argmax())
+            logits[:, banned[banned < logits.shape[-1]]] = float("-inf")
+            return logits.argmax(-1).tolist()
 
-        def feed(token: int) -> torch.Tensor:  # cross-attention still sees the media: they are in the cache
-            return self(torch.tensor([[token]], device=input_ids.device), cache=cache, logits_to_keep=1).logits[0, -1]
+        def feed(rows: list[int], tokens: list[int]) -> torch.Tensor:  # cross-attention still sees the media: cached
+            return self(torch.tensor([tokens], device=input_ids.device), cache=cache, logits_to_keep=1).logits[:, -1]
 
-        return list(decode(logits, greedy, feed, max_new_tokens=max_new_tokens, end_id=eos_id))
+        steps = decode(logits, greedy, feed, max_new_tokens=max_new_tokens, end_id=eos_id)
+        return [token for step in steps for _, token in step]
 
 
-def decode(logits: torch.Tensor, choose: Callable[[torch.Tensor], int], feed: Callable[[int], torch.Tensor], *,
-           max_new_tokens: int, end_id: int | None = None) -> Iterator[int]:
-    """The decode loop (MultimodalLM.generate and chat sessions): choose a token from the next-token logits
-    (V,), yield it, feed it to get the next logits; at most max_new_tokens tokens, ending after end_id.
+def decode(logits: torch.Tensor, choose: Callable[[torch.Tensor, list[list[int]]], list[int]],
+           feed: Callable[[list[int], list[int]], torch.Tensor], *, max_new_tokens: int | Sequence[int],
+           end_id: int | None = None) -> Iterator[list[tuple[int, int]]]:
+    """The decode loop (MultimodalLM.generate, chat sessions and the batched chat): R rows in lockstep.
 
-    A token is fed only when the consumer asks for the next one, so the last token yielded is never fed,
-    and a consumer that stops early (a stop string) feeds nothing more.
+    logits (R, V): each row's next-token logits. Each step, choose(logits (A, V) of the A rows still going,
+    their tokens so far) gives one token per row (greedy, sampled: the caller decides), the step's
+    (row, token) pairs are yielded, and the rows that go on are fed: feed(rows, tokens) -> their next-token
+    logits (A', V). A row ends after end_id or after its max_new_tokens tokens (one limit for every row, or
+    one per row); the loop ends when every row has.
+
+    Rows are fed only when the consumer asks for the next step, so a row's last token is never fed, and a
+    consumer that stops early (a stop string) feeds nothing more.
     """
-    for step in range(max_new_tokens):
-        token = choose(logits)
-        yield token  # the consumer may stop here
-        if token == end_id or step + 1 == max_new_tokens:
+    limits = [max_new_tokens] * logits.shape[0] if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    replies: list[list[int]] = [[] for _ in limits]
+    going = [r for r, n in enumerate(limits) if n > 0]
+    if len(going) < len(limits):
+        logits = logits[going]
+    while going:
+        tokens = choose(logits, [replies[r] for r in going])
+        yield list(zip(going, tokens))  # the consumer may stop here
+        on = []
+        for r, token in zip(going, tokens):
+            replies[r].append(token)
+            if token != end_id and len(replies[r]) < limits[r]:
+                on.append((r, token))
+        if not on:
             return
-        logits = feed(token)
+        going = [r for r, _ in on]
+        logits = feed(going, [token for _, token in on])
 
 
 def build_model(cfg: ModelConfig, *, vocab_size: int, placeholder_ids: dict[str, int]) -> MultimodalLM:

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from mmdialog.config import DecoderConfig, ImageEncoderConfig, ModelConfig
 from mmdialog.errors import MMDialogError
-from mmdialog.model import MultimodalLM, build_model, count_parameters
+from mmdialog.model import MultimodalLM, build_model, count_parameters, decode
 from mmdialog.modules import KVCache
 
 V, IMG, EOS = 64, 3, 2
@@ -104,6 +104,37 @@ def test_logits_to_keep_projects_only_the_last_positions():
     both = model(**b, return_logits=True, logits_to_keep=3)
     torch.testing.assert_close(both.logits, full[:, -3:])
     torch.testing.assert_close(both.loss, model(**b).loss)
+
+
+def test_logits_at_projects_one_position_per_row():
+    model = make_model()
+    b = {**batch(), "labels": None}
+    full = model(**b).logits  # (B, T, V)
+    at = torch.tensor([15, 12])  # the second row's last real token
+    torch.testing.assert_close(model(**b, logits_at=at).logits, torch.stack([full[0, 15:16], full[1, 12:13]]))
+    with pytest.raises(MMDialogError, match="not both"):
+        model(**b, logits_at=at, logits_to_keep=1)
+
+
+def test_decode_stops_each_row_at_its_end_or_limit_and_feeds_only_rows_that_go_on():
+    steps = iter([[5, 7, 6], [EOS, 8], [9]])
+    fed = []
+
+    def choose(logits, replies):
+        assert len(replies) == logits.shape[0]
+        return next(steps)
+
+    def feed(rows, tokens):
+        fed.append((rows, tokens))
+        return torch.zeros(len(rows), V)
+
+    got = list(decode(torch.zeros(3, V), choose, feed, max_new_tokens=[3, 3, 1], end_id=EOS))
+    assert got == [[(0, 5), (1, 7), (2, 6)], [(0, EOS), (1, 8)], [(1, 9)]]
+    assert fed == [([0, 1], [5, 7]), ([1], [8])]  # row 2 hit its limit, row 0 its end; row 1's last never fed
+    lazy = decode(torch.zeros(1, V), lambda lg, r: [4], feed, max_new_tokens=5)
+    fed.clear()
+    assert next(lazy) == [(0, 4)] and fed == []  # fed only when the next step is asked for
+    assert list(decode(torch.zeros(2, V), choose, feed, max_new_tokens=0)) == []
 
 
 def test_gradient_reaches_the_image_encoder():

@@ -51,6 +51,23 @@ class Sampler:
         probs = logits.softmax(-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
+    def rows(self, logits: torch.Tensor, replies: list[list[int]]) -> list[int]:
+        """One token per row from logits (A, V) and each row's reply so far: the `choose` of model.decode.
+        Greedy without a repetition penalty picks all rows in one masked argmax (the same tokens as row by
+        row: the same values, the first maximum); otherwise row by row, in order."""
+        p = self.params
+        if not (p.greedy and p.repetition_penalty == 1.0):
+            return [self(lg, reply) for lg, reply in zip(logits, replies)]
+        logits = logits.float().clone()  # (A, V)
+        banned = self.banned[self.banned < logits.shape[-1]].to(logits.device)
+        if len(banned):
+            logits[:, banned] = float("-inf")
+        if self.end_id is not None:
+            empty = [i for i, reply in enumerate(replies) if not reply]
+            if empty:
+                logits[empty, self.end_id] = float("-inf")
+        return logits.argmax(-1).tolist()
+
 
 class TextStream:
     """Incremental detokenisation with stop strings.

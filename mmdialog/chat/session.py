@@ -249,18 +249,18 @@ class ChatSession:
         room = self.model.decoder.max_seq_len - len(self.cached_ids)  # positions left after the prompt
         done = False
 
-        def feed(token: int) -> torch.Tensor:  # (V,) logits after one more token; the last one is never fed
-            logits = self._feed([token], [])
-            self.cached_ids.append(token)
+        def feed(rows: list[int], tokens: list[int]) -> torch.Tensor:  # (1, V) logits after one more token
+            logits = self._feed(tokens, [])[None]
+            self.cached_ids += tokens
             self.stats["decode_tokens"] += 1
             return logits
 
         try:
             ids = reply.token_ids
             reply.finish_reason = "length"
-            tokens = decode(logits, lambda lg: sampler(lg, ids), feed, max_new_tokens=min(params.max_new_tokens, room),
-                            end_id=tok.end_id)
-            for step, nxt in enumerate(tokens):
+            steps = decode(logits[None], sampler.rows, feed, max_new_tokens=min(params.max_new_tokens, room),
+                           end_id=tok.end_id)
+            for step, [(_, nxt)] in enumerate(steps):
                 if step == 0:
                     reply.first_token_s = time.perf_counter() - t0
                 reply.completion_tokens += 1

@@ -14,8 +14,9 @@ position_ids with a cache) and attention_mask hides the gaps: each row computes 
 reply's text re-tokenises to other ids than were generated, the row's columns from the first difference on
 are masked and the rendered ids fed instead (what ChatSession does by cropping its cache). Before each round
 the cache is compacted (each row's live columns gathered to the right) so it stays as long as the longest row.
-The sampler's rules are ChatSession's: banned ids never chosen, <|end|> never a reply's first token, at most
-min(max_new_tokens, max_seq_len - prompt) tokens.
+Tokens are fed through the model's forward with the cache (logits at each row's last new token), and replies
+decoded by model.decode, the loop ChatSession uses, with its sampler (greedy): banned ids never chosen, <|end|>
+never a reply's first token, at most min(max_new_tokens, max_seq_len - prompt) tokens.
 
 Needs a fusion that only fills placeholder slots and a decoder with per-row positions under a cache
 (`supported`); lab.own_history_rows falls back to one ChatSession per dialogue otherwise.
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import torch
 
+from mmdialog.chat.sampling import Sampler, SamplingParams
 from mmdialog.data.collate import reader_batch
 from mmdialog.data.conversation import Conversation, Text, Turn
 from mmdialog.data.processor import Processor
 from mmdialog.errors import MMDialogError
 from mmdialog.eval.contexts import user_parts
 from mmdialog.modalities import by_name
-from mmdialog.model import MultimodalLM
+from mmdialog.model import MultimodalLM, decode
 from mmdialog.modules.kv_cache import KVCache
 
 
@@ -120,7 +122,6 @@ class _Batch:
         self.tok = tok = processor.tokenizer
         self.device = next(model.parameters()).device
         self.max_len = model.decoder.max_seq_len
-        self.banned = torch.tensor(tok.never_generated, device=self.device)
         self.placeholders = {tok.media_ids[m]: (m, processor.media_tokens(m)) for m in processor.media}
         self.B = len(rows)
         self.cache = _Columns(self.max_len)
@@ -149,9 +150,8 @@ class _Batch:
         if self.mask.shape[1] + max(len(n) for n in new) + self.max_new_tokens > self.cache.capacity:
             raise MMDialogError(f"a batch of {B} dialogues needs more than the model's {self.max_len} cache columns "
                                 f"at round {r}; run it with a smaller batch")
-        hidden = self.feed(new, items, positions, reading)
-        last = torch.stack([hidden[b, len(new[b]) - 1] for b, _ in active])
-        reply = self.decode(self.model.decoder.logits(last).float(), active)
+        logits = self.feed(new, items, positions, reading, last=[max(len(n) - 1, 0) for n in new])
+        reply = self.decode(logits[[b for b, _ in active]], active)
         for b, _ in active:
             text = self.tok.decode(reply[b])
             self.rows[b].replies.append(text)
@@ -207,34 +207,25 @@ class _Batch:
         return fresh
 
     def decode(self, logits: torch.Tensor, active: list[tuple[int, int]]) -> dict[int, list[int]]:
-        """Greedy replies of the active rows (b, prompt length) from their next-token logits (A, V): one token
-        per row per step, until every row has its <|end|> or its token limit."""
-        tok, B = self.tok, self.B
-        limit = {b: min(self.max_new_tokens, self.max_len - n) for b, n in active}
-        reply: dict[int, list[int]] = {b: [] for b, _ in active}
-        going = [b for b, _ in active]
-        step = 0
-        while going:
-            logits[:, self.banned] = float("-inf")
-            if step == 0:
-                logits[:, tok.end_id] = float("-inf")  # a reply is never empty
-            choice = logits.argmax(-1).tolist()
-            still = []
-            for b, nxt in zip(going, choice):
-                if nxt == tok.end_id:
-                    continue
-                reply[b].append(nxt)
-                if len(reply[b]) < limit[b]:
-                    still.append((b, nxt))
-            if not still:
-                break
-            chunk = [[] for _ in range(B)]
-            for b, nxt in still:
-                chunk[b] = [nxt]
-            hidden = self.feed(chunk, [[] for _ in range(B)], [len(self.rows[b].fed) for b in range(B)])
-            going = [b for b, _ in still]
-            logits = self.model.decoder.logits(hidden[going, 0]).float()
-            step += 1
+        """Greedy replies of the active rows (b, prompt length) from their next-token logits (A, V), through
+        model.decode with ChatSession's sampler: one token per row per step, until every row has its <|end|>
+        or its token limit."""
+        rows = [b for b, _ in active]
+        sampler = Sampler(SamplingParams(), self.tok.never_generated, end_id=self.tok.end_id)  # greedy
+
+        def feed(going: list[int], tokens: list[int]) -> torch.Tensor:  # (A', V): the going rows' next logits
+            chunk = [[] for _ in range(self.B)]
+            for i, token in zip(going, tokens):
+                chunk[rows[i]] = [token]
+            logits = self.feed(chunk, [[] for _ in range(self.B)], [len(r.fed) for r in self.rows])
+            return logits[[rows[i] for i in going]]
+
+        limits = [min(self.max_new_tokens, self.max_len - n) for _, n in active]
+        reply: dict[int, list[int]] = {b: [] for b in rows}
+        for step in decode(logits, sampler.rows, feed, max_new_tokens=limits, end_id=self.tok.end_id):
+            for i, token in step:
+                if token != self.tok.end_id:
+                    reply[rows[i]].append(token)
         return reply
 
     def encode(self, part) -> torch.Tensor:
@@ -244,10 +235,12 @@ class _Batch:
         return self.encoded[id(part)]
 
     def feed(self, new: list[list[int]], media_items: list[list], positions: list[int],
-             reading: list[tuple[list[list[int]], list[int]] | None] | None = None) -> torch.Tensor:
-        """Append one chunk: row b's ids new[b] (left-aligned, pads after), its media items, positions from
-        positions[b], and with a user-turn reader reading[b] = (its turns' reader ids, new[b]'s turn index).
-        Returns hidden (B, W, D)."""
+             reading: list[tuple[list[list[int]], list[int]] | None] | None = None,
+             last: list[int] | None = None) -> torch.Tensor:
+        """Append one chunk through the model's forward with the cache: row b's ids new[b] (left-aligned, pads
+        after), its media items, positions from positions[b], and with a user-turn reader reading[b] = (its
+        turns' reader ids, new[b]'s turn index). Returns next-token logits (B, V) at column last[b] of the
+        chunk (default: the chunk's last column, the one token of a decoding step)."""
         B, W, S = self.B, max(len(n) for n in new), self.mask.shape[1]
         ids = torch.full((B, W), self.tok.pad_id, dtype=torch.long)
         pos = torch.zeros(B, W, dtype=torch.long)
@@ -263,12 +256,14 @@ class _Batch:
             for p in items:
                 media.setdefault(p.type, []).append(self.encode(p))
         self.mask = torch.cat([self.mask, live.to(self.device)], 1)
-        reader = None
+        reader = {}
         if reading is not None:
             reader = {k: v.to(self.device) for k, v in reader_batch(reading, W).items()}
-        return self.model.hidden(ids.to(self.device), {m: torch.cat(v) for m, v in media.items()},
-                                 attention_mask=self.mask, cache=self.cache, position_ids=pos.to(self.device),
-                                 reader=reader)
+        at = {"logits_to_keep": 1} if last is None else {"logits_at": torch.tensor(last, device=self.device)}
+        out = self.model(ids.to(self.device), attention_mask=self.mask, cache=self.cache,
+                         media_embeds={m: torch.cat(v) for m, v in media.items()}, position_ids=pos.to(self.device),
+                         **at, **reader)
+        return out.logits[:, -1].float()  # (B, V)
 
     def compact(self) -> None:
         """Each row's live columns gathered to the right end, the dead ones dropped."""

@@ -81,3 +81,15 @@ def test_stream_cuts_at_a_stop_string_and_holds_back_its_prefix(tokenizer):
     ids = tokenizer.encode("One is red")
     out = "".join(stream.push(ids[: i + 1]) for i in range(len(ids)))
     assert out == "One is " and out + stream.flush() == "One is red" and not stream.stopped
+
+
+def test_rows_choose_what_the_sampler_chooses_row_by_row():
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(0))
+    replies = [[], [3], [], [7, 7], [1]]
+    for params in (SamplingParams(), SamplingParams(repetition_penalty=1.5)):
+        s = Sampler(params, banned=[0, 2, 39], end_id=4)
+        x[0, 4] = x[3, 4] = 100.0  # <|end|> is the argmax: never a reply's first token
+        assert s.rows(x, replies) == [s(row, r) for row, r in zip(x, replies)]
+    assert Sampler(SamplingParams(), end_id=4).rows(x, replies)[3] == 4
+    sampled = [Sampler(SamplingParams(temperature=1.0, seed=3)).rows(x, replies) for _ in range(2)]
+    assert sampled[0] == sampled[1]
