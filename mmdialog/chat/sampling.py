@@ -27,11 +27,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, reply: list[int]) -> int:
         p = self.params
-        logits = logits.float().cpu().clone()  # (V,)
-        if len(self.banned):
-            logits[self.banned[self.banned < logits.numel()]] = float("-inf")
-        if not reply and self.end_id is not None:
-            logits[self.end_id] = float("-inf")
+        logits = self._masked(logits.float().cpu().clone()[None], [reply])[0]  # (V,)
         if p.repetition_penalty != 1.0 and reply:
             seen = torch.tensor(sorted(set(reply)), dtype=torch.long)
             vals = logits[seen]
@@ -58,7 +54,10 @@ class Sampler:
         p = self.params
         if not (p.greedy and p.repetition_penalty == 1.0):
             return [self(lg, reply) for lg, reply in zip(logits, replies)]
-        logits = logits.float().clone()  # (A, V)
+        return self._masked(logits.float().clone(), replies).argmax(-1).tolist()
+
+    def _masked(self, logits: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
+        """logits (A, V), changed in place: the banned ids never chosen, end_id never a reply's first token."""
         banned = self.banned[self.banned < logits.shape[-1]].to(logits.device)
         if len(banned):
             logits[:, banned] = float("-inf")
@@ -66,7 +65,7 @@ class Sampler:
             empty = [i for i, reply in enumerate(replies) if not reply]
             if empty:
                 logits[empty, self.end_id] = float("-inf")
-        return logits.argmax(-1).tolist()
+        return logits
 
 
 class TextStream:
