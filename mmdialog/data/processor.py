@@ -221,19 +221,26 @@ class Processor:
                  max_length: int = 1024, media: dict[str, MediaInput] | None = None,
                  reader=None):
         """media: the modalities it takes by name ("image", "audio", "video"); image_size/image_tokens: a
-        shorthand for media["image"] (when media has no image, and read back from it when it has);
-        reader: the model's user-turn reader (encoders/reader.py: tokenize(texts), warm(ids)), when it has one."""
+        shorthand for media["image"] when media has no image; reader: the model's user-turn reader
+        (encoders/reader.py: tokenize(texts), warm(ids)), when it has one."""
         self.tokenizer = tokenizer
         self.reader = reader
         self.max_length = max_length
         self.media: dict[str, MediaInput] = dict(media or {})
         if image_size is not None and image_tokens is not None:
             self.media.setdefault("image", MediaInput(image_tokens, ImageTransform(image_size)))
-        if "image" in self.media and image_size is None and image_tokens is None:
-            image_size = getattr(self.media["image"].transform, "image_size", None)
-            image_tokens = self.media["image"].tokens
-        self.image_size = image_size
-        self.image_tokens = image_tokens
+
+    @property
+    def image_size(self) -> int | None:
+        """The side of the images it takes (media["image"]'s), None without images."""
+        image = self.media.get("image")
+        return getattr(image.transform, "image_size", None) if image is not None else None
+
+    @property
+    def image_tokens(self) -> int | None:
+        """Placeholder tokens one image takes (media["image"]'s), None without images."""
+        image = self.media.get("image")
+        return image.tokens if image is not None else None
 
     @classmethod
     def for_model(cls, tokenizer: ChatTokenizer, model, max_length: int = 1024) -> "Processor":
