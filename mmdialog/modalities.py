@@ -14,7 +14,8 @@ part:        the class in mmdialog.data.conversation (conversation.MEDIA_PARTS r
 transform:   the class in mmdialog.data.processor that turns a part into its encoder's input (processor.TRANSFORMS)
 noun:        the plural of count errors ("2 image(s) were given")
 
-Part and transform are named, not imported: this table sits below the model, and data/ above it.
+Part and transform are named, not imported: this table sits below the model, and data/ above it
+(tests/test_imports.py).
 The order is the order of the placeholders among the tokenizer's special tokens, and so of their ids:
 a new modality goes at the end.
 """

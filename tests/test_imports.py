@@ -92,13 +92,15 @@ def test_the_package_has_no_import_cycle():
 # The layers, bottom first. A module may import from its own layer and the layers below it, never from one above.
 # The name is the top-level module or package under mmdialog/ ("mmdialog" is the package's own __init__).
 LAYERS: list[tuple[str, set[str]]] = [
-    # errors, config schema, registries, command options declared as dataclasses (options.py)
-    ("foundation", {"mmdialog", "errors", "config", "registry", "modalities", "options"}),
-    ("data", {"data"}),  # conversations, tokenizer, processor, formats, the world: nothing of the model
+    # errors, config schema, registries, the modality table, answers' normal form, command options (options.py)
+    ("foundation", {"mmdialog", "errors", "config", "registry", "modalities", "answers", "options"}),
     ("modules", {"modules"}),
     ("parts", {"encoders", "fusion", "decoders"}),
-    ("objectives", {"objectives"}),  # the losses; model.forward computes the LM loss with objectives.lm
+    ("objectives", {"objectives"}),  # the losses (and the ignore label); model.forward computes the LM loss with them
     ("model", {"model"}),
+    # conversations, tokenizer, processor, formats, the world: the processor writes the labels the loss skips
+    # (objectives.lm.IGNORE_INDEX) and imports nothing else of the model (test below)
+    ("data", {"data"}),
     ("model I/O", {"modelio"}),
     # train validates with what its caller hands it (the recipes: eval/validation.py's Validator.build)
     ("train, chat", {"train", "chat"}),
@@ -165,3 +167,16 @@ def test_imports_only_point_down():
     up = upward_imports(lines, LAYERS, allowed=set(ALLOWED_UPWARD))
     assert not up, ("imports from a higher layer (move what is imported down to a layer the importer may use):\n"
                     + "\n".join(up))
+
+
+def test_data_knows_nothing_of_the_model_but_the_ignore_label():
+    """data/ sits above the model but uses only the label the loss skips: a dataset, its processor and the world
+    can be read, rendered and tested without building a model (and the model never imports data/)."""
+    mods = module_names()
+    model_stack = {"modules", "encoders", "fusion", "decoders", "objectives", "model"}
+    used = {(name, dep) for name, path in mods.items() if top_level(name) == "data"
+            for dep in imports_of(path, mods) if top_level(dep) in model_stack}
+    assert used and {dep for _, dep in used} == {"mmdialog.objectives.lm"}, sorted(used)
+    back = {(name, dep) for name, path in mods.items() if top_level(name) in model_stack
+            for dep in imports_of(path, mods) if top_level(dep) == "data"}
+    assert not back, sorted(back)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mmdialog.data.processor import IGNORE_INDEX, Example
+from mmdialog.data.processor import Example
 from mmdialog.errors import MMDialogError
 from mmdialog.modalities import BATCH_KEYS
+from mmdialog.objectives.lm import IGNORE_INDEX
 
 LOSS_TURNS = ("all", "last", "weighted", "per_turn")
 

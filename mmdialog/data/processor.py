@@ -24,8 +24,7 @@ from mmdialog.data.conversation import Audio, Conversation, Image, Part, Video
 from mmdialog.data.tokenizer import ChatTokenizer, TooLong
 from mmdialog.errors import MMDialogError
 from mmdialog.modalities import MODALITIES, NAMES, by_name
-
-IGNORE_INDEX = -100  # label of positions that carry no target (prompts, user turns, media, padding)
+from mmdialog.objectives.lm import IGNORE_INDEX
 
 
 @dataclass

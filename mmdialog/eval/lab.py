@@ -25,11 +25,11 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from mmdialog.answers import normalise
 from mmdialog.chat.policies import Policy
 from mmdialog.chat.session import ChatSession
 from mmdialog.data.conversation import Image, Text
 from mmdialog.data.processor import Processor
-from mmdialog.data.answers import normalise
 from mmdialog.data.worlds.shapes.as_said import golds_as_said
 from mmdialog.errors import MMDialogError
 from mmdialog.eval import batched_chat

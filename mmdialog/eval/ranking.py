@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmdialog.data.answers import normalise
+from mmdialog.answers import normalise
 from mmdialog.data.collate import Collator
 from mmdialog.data.processor import Processor
 from mmdialog.data.worlds.shapes.dialogue import NAMES

@@ -6,8 +6,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdialog.data.processor import IGNORE_INDEX
 from mmdialog.objectives.base import Objective
+
+# the label of positions that carry no target (prompts, user turns, media, padding): the processor writes it,
+# the loss skips it
+IGNORE_INDEX = -100
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

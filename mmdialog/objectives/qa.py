@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdialog.data.answers import normalise
+from mmdialog.answers import normalise
 
 NO_CLASS = -1  # the class of an answer outside the closed set
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from mmdialog.answers import normalise
 from mmdialog.chat.session import ChatSession
 from mmdialog.config import Config
-from mmdialog.data.answers import normalise
 from mmdialog.data.conversation import Image
 from mmdialog.data.worlds.shapes import heldout_info, load_split
 from mmdialog.data.worlds.shapes.as_said import golds_as_said

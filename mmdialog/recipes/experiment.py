@@ -38,7 +38,7 @@ from mmdialog.chat.policies import parse_policy
 from mmdialog.config import Config
 from mmdialog.data.conversation import Conversation, Image
 from mmdialog.data.dataset import ConversationDataset
-from mmdialog.data.processor import IGNORE_INDEX, Example, Processor
+from mmdialog.data.processor import Example, Processor
 from mmdialog.data.worlds.shapes import load_split
 from mmdialog.data.worlds.shapes.augment import augment_rounds
 from mmdialog.errors import MMDialogError
@@ -49,6 +49,7 @@ from mmdialog.eval.summary import get
 from mmdialog.eval.teacher_forced import TeacherForcedScorer, assistant_spans
 from mmdialog.eval.validation import Validator
 from mmdialog.modelio import world_meta
+from mmdialog.objectives.lm import IGNORE_INDEX
 from mmdialog.recipes.world import ensure_world
 
 VARIANTS = ("every_turn", "last_turn", "every_turn+augment", "last_turn+augment")

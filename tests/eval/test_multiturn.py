@@ -1,4 +1,4 @@
-from mmdialog.data.answers import normalise
+from mmdialog.answers import normalise
 from mmdialog.eval.multiturn import distance_bucket, summarise
 
 

@@ -28,22 +28,22 @@ def test_no_supervised_target_gives_zero_not_nan():
 
 
 def test_the_ignore_label_is_defined_once():
-    """-100 is written in one place in the package (data/processor.py, where labels are made); the objectives and
-    the collator import it, so the label the processor writes is the one the loss skips."""
+    """-100 is written in one place in the package (objectives/lm.py, where the loss skips it); the processor, which
+    writes the labels, and the collator import it, so the label the processor writes is the one the loss skips."""
     import ast
     from pathlib import Path
 
     import mmdialog
-    from mmdialog.data.processor import IGNORE_INDEX
-    from mmdialog.objectives import IGNORE_INDEX as objectives_ignore
+    from mmdialog.data import collate, processor
+    from mmdialog.objectives import IGNORE_INDEX
 
-    assert objectives_ignore is IGNORE_INDEX == -100
+    assert processor.IGNORE_INDEX is collate.IGNORE_INDEX is IGNORE_INDEX == -100
     root = Path(mmdialog.__file__).resolve().parent
     found = [f"{p.relative_to(root)}" for p in sorted(root.rglob("*.py"))
              for node in ast.walk(ast.parse(p.read_text()))
              if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
              and isinstance(node.operand, ast.Constant) and node.operand.value == 100]
-    assert found == ["data/processor.py"], found
+    assert found == ["objectives/lm.py"], found
 
 
 def test_the_next_token_objective_weighs_a_batch_by_its_targets():

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mmdialog.data.dataset import ConversationDataset
-from mmdialog.data.processor import IGNORE_INDEX
 from mmdialog.data.worlds.shapes import record_to_conversation
 from mmdialog.data.worlds.shapes.scene import Scene
 from mmdialog.recipes.experiment import (
@@ -14,6 +13,7 @@ from mmdialog.recipes.experiment import (
     summarise_experiment,
 )
 from mmdialog.eval.teacher_forced import assistant_spans
+from mmdialog.objectives.lm import IGNORE_INDEX
 
 
 def test_augmented_rounds_stay_right(world32):

@@ -28,11 +28,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mmdialog.data.conversation import Conversation, Image
-from mmdialog.data.processor import IGNORE_INDEX, Example, Processor
+from mmdialog.data.processor import Example, Processor
 from mmdialog.data.worlds.shapes.dialogue import COUNT_ATTRIBUTES, plural
 from mmdialog.data.worlds.shapes.io import heldout_info
 from mmdialog.data.worlds.shapes.scene import GRID, VALUES, Scene, quadrant
 from mmdialog.data.worlds.shapes.variants import draw_colour_swap, paraphrase_for_training, swap_pixels
+from mmdialog.objectives.lm import IGNORE_INDEX
 
 _SIDES = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
 _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
