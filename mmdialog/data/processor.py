@@ -247,7 +247,7 @@ class Processor:
         size (image_size; sample_rate and num_samples; num_frames and image_size) and token count."""
         media = {modality: MediaInput(model.num_media_tokens(modality), TRANSFORMS[modality].from_encoder(enc))
                  for modality, enc in model.encoders.items() if modality in TRANSFORMS}
-        return cls(tokenizer, max_length=max_length, media=media, reader=getattr(model, "reader", None))
+        return cls(tokenizer, max_length=max_length, media=media, reader=model.reader)
 
     def media_tokens(self, modality: str) -> int:
         """Placeholder tokens one item of this modality takes after expansion."""

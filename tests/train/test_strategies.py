@@ -126,7 +126,9 @@ def test_lora_checkpoint_chats(tiny_world, tmp_path):
 def test_accumulation_gives_the_big_batch_gradient(tiny_world, tmp_path):
     # AdamW: Muon's update is blind to the gradient's scale (a wrong normalisation would not show) and
     # orthogonalises in bf16 (fp32-rounding differences of the gradients grow to ~1e-4 in the weights).
-    opt, atol = "train.optimizer=adamw", 1e-6
+    # AdamW's m / sqrt(v) still magnifies the rounding of near-zero gradients: 3.8e-6 at most after 3 steps on
+    # an AVX-512 Xeon (1e-6 passed on an AMX one); one AdamW step moves a weight by up to lr = 3e-3
+    opt, atol = "train.optimizer=adamw", 1e-5
     a, _, _, ra = run(smoke_config("train.max_steps=3", opt), tiny_world, tmp_path / "a")
     b, _, _, rb = run(smoke_config("train.max_steps=3", "train.grad_accum=2", opt), tiny_world, tmp_path / "b")
     assert [l for _, l in ra.losses] == pytest.approx([l for _, l in rb.losses], rel=1e-5)
