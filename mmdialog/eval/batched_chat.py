@@ -123,6 +123,7 @@ class _Batch:
         self.device = next(model.parameters()).device
         self.max_len = model.decoder.max_seq_len
         self.placeholders = {tok.media_ids[m]: (m, processor.media_tokens(m)) for m in processor.media}
+        self.sampler = Sampler(SamplingParams(), tok.never_generated, end_id=tok.end_id)  # greedy, ChatSession's rules
         self.B = len(rows)
         self.cache = _Columns(self.max_len)
         self.mask = torch.zeros(self.B, 0, dtype=torch.long, device=self.device)  # (B, S): 1 = a live column
@@ -211,7 +212,6 @@ class _Batch:
         model.decode with ChatSession's sampler: one token per row per step, until every row has its <|end|>
         or its token limit."""
         rows = [b for b, _ in active]
-        sampler = Sampler(SamplingParams(), self.tok.never_generated, end_id=self.tok.end_id)  # greedy
 
         def feed(going: list[int], tokens: list[int]) -> torch.Tensor:  # (A', V): the going rows' next logits
             chunk = [[] for _ in range(self.B)]
@@ -222,7 +222,7 @@ class _Batch:
 
         limits = [min(self.max_new_tokens, self.max_len - n) for _, n in active]
         reply: dict[int, list[int]] = {b: [] for b in rows}
-        for step in decode(logits, sampler.rows, feed, max_new_tokens=limits, end_id=self.tok.end_id):
+        for step in decode(logits, self.sampler.rows, feed, max_new_tokens=limits, end_id=self.tok.end_id):
             for i, token in step:
                 if token != self.tok.end_id:
                     reply[rows[i]].append(token)
